@@ -1,0 +1,11 @@
+//! Device emulation for minivmm.
+//!
+//! Every device sits behind [`bus::BusDevice`]: the vCPU loop hands it port-I/O and MMIO
+//! accesses and gets back an [`bus::Effect`] when the access changes something outside the
+//! device (the guest asked to power off, say). Devices never call KVM themselves.
+
+pub mod bus;
+pub mod i8042;
+pub mod pci;
+pub mod power;
+pub mod serial;

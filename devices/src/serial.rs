@@ -1,0 +1,133 @@
+//! COM1: a 16550A UART (vm-superio) whose interrupt is an eventfd wired to an irqfd.
+
+use std::io::Write;
+
+use vm_superio::{serial::NoEvents, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::{BusDevice, Effect};
+
+/// Number of I/O ports a 16550 decodes.
+pub const PORT_COUNT: u64 = 8;
+
+/// Raises the UART's interrupt by signalling an eventfd (registered by the VMM as an irqfd).
+#[derive(Debug)]
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest's console output goes.
+pub type ConsoleOut = Box<dyn Write + Send>;
+
+/// The UART on the port bus.
+pub struct SerialPort {
+    uart: Serial<IrqTrigger, NoEvents, ConsoleOut>,
+}
+
+impl std::fmt::Debug for SerialPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialPort").finish_non_exhaustive()
+    }
+}
+
+impl SerialPort {
+    /// A UART raising `irq` and writing the guest's output to `out`.
+    pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
+        SerialPort {
+            uart: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// Queue host input for the guest; returns how many bytes fit in the receive FIFO.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("serial input dropped: {e:?}");
+                0
+            }
+        }
+    }
+
+    /// Room left in the receive FIFO.
+    pub fn input_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+}
+
+impl BusDevice for SerialPort {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = u8::try_from(offset).map_or(0xff, |o| self.uart.read(o));
+        data.fill(value);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<Effect> {
+        let (Ok(offset), Some(&value)) = (u8::try_from(offset), data.first()) else {
+            return None;
+        };
+        if let Err(e) = self.uart.write(offset, value) {
+            log::debug!("serial write at {offset} failed: {e:?}");
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A console that keeps what the guest printed.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn port() -> (SerialPort, Capture, EventFd) {
+        let irq = EventFd::new(libc_nonblock()).unwrap();
+        let capture = Capture::default();
+        let port = SerialPort::new(irq.try_clone().unwrap(), Box::new(capture.clone()));
+        (port, capture, irq)
+    }
+
+    fn libc_nonblock() -> i32 {
+        vmm_sys_util::eventfd::EFD_NONBLOCK
+    }
+
+    #[test]
+    fn guest_writes_reach_the_console() {
+        let (mut port, capture, _irq) = port();
+        for b in b"hi\n" {
+            port.write(0, &[*b]);
+        }
+        assert_eq!(capture.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn host_input_is_readable_and_raises_the_interrupt() {
+        let (mut port, _capture, irq) = port();
+        port.write(1, &[0x01]); // IER: received-data interrupt
+        assert_eq!(port.enqueue_input(b"x"), 1);
+        assert_eq!(irq.read().unwrap(), 1, "interrupt signalled");
+        let mut lsr = [0u8];
+        port.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut rbr = [0u8];
+        port.read(0, &mut rbr);
+        assert_eq!(rbr, *b"x");
+    }
+}

@@ -1,0 +1,111 @@
+//! The e820 memory map the kernel reads from the zero page.
+
+use crate::layout::{self, GuestLayout};
+
+/// Usable RAM.
+pub const E820_RAM: u32 = 1;
+/// Reserved: firmware tables, ECAM, anything the kernel must not use as RAM.
+pub const E820_RESERVED: u32 = 2;
+
+/// One e820 entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    /// Guest physical start.
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// [`E820_RAM`] or [`E820_RESERVED`].
+    pub kind: u32,
+}
+
+impl E820Entry {
+    fn ram(addr: u64, end: u64) -> Self {
+        E820Entry {
+            addr,
+            size: end - addr,
+            kind: E820_RAM,
+        }
+    }
+
+    fn reserved(addr: u64, size: u64) -> Self {
+        E820Entry {
+            addr,
+            size,
+            kind: E820_RESERVED,
+        }
+    }
+}
+
+/// Build the e820 map for `guest`: low RAM below the EBDA, the ACPI area reserved, RAM from
+/// 1 MiB to the hole, ECAM reserved (Linux only trusts MCFG when e820 reserves it), and RAM
+/// above 4 GiB.
+pub fn e820_map(guest: &GuestLayout) -> Vec<E820Entry> {
+    let low_end = guest.low_ram_end();
+    let mut map = vec![E820Entry::ram(
+        layout::LOW_RAM_START,
+        layout::EBDA_START.min(low_end),
+    )];
+    map.push(E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE));
+    if low_end > layout::HIGH_RAM_START {
+        map.push(E820Entry::ram(layout::HIGH_RAM_START, low_end));
+    }
+    map.push(E820Entry::reserved(
+        layout::PCI_ECAM_START,
+        layout::PCI_ECAM_SIZE,
+    ));
+    map.extend(
+        guest
+            .ram
+            .iter()
+            .skip(1)
+            .map(|r| E820Entry::ram(r.start, r.end())),
+    );
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_map() {
+        let guest = GuestLayout::new(256 << 20).unwrap();
+        let map = e820_map(&guest);
+        assert_eq!(
+            map,
+            vec![
+                E820Entry::ram(0, 0x9_fc00),
+                E820Entry::reserved(0xe_0000, 0x2_0000),
+                E820Entry::ram(0x10_0000, 256 << 20),
+                E820Entry::reserved(0xe000_0000, 0x1000_0000),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_guest_has_ram_above_4g() {
+        let guest = GuestLayout::new(6 << 30).unwrap();
+        let map = e820_map(&guest);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
+        // All RAM is described except the legacy hole between the EBDA and 1 MiB.
+        assert_eq!(ram, (6 << 30) - (0x10_0000 - 0x9_fc00));
+        let last = map.last().unwrap();
+        assert_eq!(last.addr, 1 << 32);
+        assert_eq!(last.size, (6 << 30) - 0xc000_0000);
+        assert!(map
+            .iter()
+            .all(|e| e.kind != E820_RAM || e.addr + e.size <= 0xc000_0000 || e.addr >= 1 << 32));
+    }
+
+    #[test]
+    fn entries_are_sorted_and_disjoint() {
+        let map = e820_map(&GuestLayout::new(5 << 30).unwrap());
+        for pair in map.windows(2) {
+            assert!(pair[0].addr + pair[0].size <= pair[1].addr, "{pair:x?}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The guest physical address map and the I/O port map, in one place.
+//!
+//! ```text
+//! 0x0000_0000  ┌ real-mode IVT/BDA (RAM, untouched)
+//! 0x0000_0500  │ boot GDT, IDT
+//! 0x0000_7000  │ zero page (boot_params)
+//! 0x0000_9000  │ boot page tables: PML4, PDPT, 4 × PD (identity map of 4 GiB)
+//! 0x0002_0000  │ kernel command line
+//! 0x0009_fc00  ├ EBDA (reserved)            ← end of low RAM
+//! 0x000e_0000  ├ ACPI tables, RSDP first    (reserved; the kernel scans here for "RSD PTR ")
+//! 0x0010_0000  ├ kernel (bzImage protected-mode part), then RAM up to the hole
+//!       …      │ initramfs at the top of RAM below the hole
+//! 0xc000_0000  ├ 32-bit PCI MMIO window (non-prefetchable BARs)
+//! 0xe000_0000  ├ PCI ECAM (256 buses × 1 MiB)                      (reserved in e820)
+//! 0xfec0_0000  ├ IOAPIC
+//! 0xfee0_0000  ├ LAPIC
+//! 0x1_0000_0000├ RAM above 4 GiB, when the guest has more than fits below the hole
+//!       …      ├ 64-bit prefetchable PCI window, 1 GiB aligned, above all RAM
+//! ```
+
+/// Real-mode IVT and BIOS data area: left as RAM, Linux reads nothing from it we must fill.
+pub const LOW_RAM_START: u64 = 0;
+/// Start of the Extended BIOS Data Area; low RAM ends here (the classic 639 KiB).
+pub const EBDA_START: u64 = 0x9_fc00;
+/// First byte after the legacy VGA/BIOS area; RAM resumes here.
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+
+/// Boot-time GDT: null, code64, data, TSS descriptors (the kernel replaces it at once).
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Boot-time IDT: empty; interrupts stay disabled until the kernel installs its own.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// The zero page (`struct boot_params`) handed to the kernel in RSI.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Level-4 page table of the boot identity map.
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table of the boot identity map.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of four page directories (2 MiB pages) mapping 0..4 GiB.
+pub const PDE_START: u64 = 0xb000;
+/// Number of page directories: one per GiB of the identity map.
+pub const PDE_COUNT: u64 = 4;
+/// The kernel command line, NUL terminated.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Room reserved for the command line (the kernel's own limit, `cmdline_size`, is smaller).
+pub const CMDLINE_MAX_SIZE: u64 = 0x1_0000;
+
+/// ACPI tables live in the BIOS area, where the kernel scans for the RSDP.
+pub const ACPI_START: u64 = 0xe_0000;
+/// Size of the ACPI area (to the end of the first MiB).
+pub const ACPI_SIZE: u64 = 0x2_0000;
+
+/// Start of the 32-bit hole: RAM below 4 GiB ends here when the guest is larger.
+pub const MEM_32BIT_HOLE_START: u64 = 0xc000_0000;
+/// Start of the 32-bit PCI MMIO window (BARs that must sit below 4 GiB).
+pub const PCI_MMIO32_START: u64 = MEM_32BIT_HOLE_START;
+/// Size of the 32-bit PCI MMIO window.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI Express enhanced configuration space (ECAM / MMCONFIG).
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Buses covered by ECAM; 1 MiB of configuration space each.
+pub const PCI_ECAM_BUSES: u64 = 256;
+/// Size of ECAM: 256 buses × 32 devices × 8 functions × 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = PCI_ECAM_BUSES << 20;
+/// IOAPIC MMIO base (fixed by convention and by the in-kernel irqchip).
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// LAPIC MMIO base (architectural default of IA32_APIC_BASE).
+pub const LAPIC_START: u64 = 0xfee0_0000;
+/// First address above the 32-bit hole.
+pub const MEM_4G: u64 = 0x1_0000_0000;
+/// Alignment of the 64-bit PCI window: large BARs are naturally aligned to their size.
+pub const PCI_MMIO64_ALIGN: u64 = 1 << 30;
+/// Default size of the 64-bit PCI window (multi-GiB GPU BARs fit).
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+
+/// COM1, the guest console.
+pub const COM1_PORT: u16 = 0x3f8;
+/// Legacy ISA IRQ of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// i8042 command port: a write of 0xfe pulses the CPU reset line (one of Linux's reboot paths).
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// ACPI hardware-reduced sleep control register (SLP_TYPx | SLP_EN → poweroff).
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+/// ACPI hardware-reduced sleep status register.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// ACPI reset register; writing [`ACPI_RESET_VALUE`] reboots.
+pub const ACPI_RESET_PORT: u16 = 0x602;
+/// Value the guest writes to [`ACPI_RESET_PORT`] to reboot.
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// The `_S5_` sleep type minivmm advertises for soft-off.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+/// PCI configuration mechanism #1: address register.
+pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+/// PCI configuration mechanism #1: data window (4 bytes).
+pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
+/// Guest I/O port window for PCI I/O BARs.
+pub const PCI_IO_START: u16 = 0xc000;
+/// Size of the PCI I/O window.
+pub const PCI_IO_SIZE: u16 = 0x4000;
+
+/// Number of IOAPIC pins (KVM's in-kernel IOAPIC has 24).
+pub const IOAPIC_PINS: u32 = 24;
+/// First GSI handed to PCI INTx (the four pins are swizzled over 16..=19).
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+
+/// One region of guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRegion {
+    /// Guest physical start.
+    pub start: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl RamRegion {
+    /// First address after the region.
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+}
+
+/// The address map of one guest, derived from its RAM size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestLayout {
+    /// RAM regions, ascending: below the 32-bit hole, then above 4 GiB.
+    pub ram: Vec<RamRegion>,
+    /// Start of the 64-bit prefetchable PCI window.
+    pub mmio64_start: u64,
+    /// Size of the 64-bit prefetchable PCI window.
+    pub mmio64_size: u64,
+}
+
+impl GuestLayout {
+    /// Lay out `ram_size` bytes of RAM around the 32-bit hole.
+    ///
+    /// Returns `None` when the size is zero, not page aligned, or overflows the address space.
+    pub fn new(ram_size: u64) -> Option<GuestLayout> {
+        if ram_size == 0 || ram_size % 4096 != 0 {
+            return None;
+        }
+        let low = ram_size.min(MEM_32BIT_HOLE_START);
+        let mut ram = vec![RamRegion {
+            start: 0,
+            size: low,
+        }];
+        let high = ram_size - low;
+        if high > 0 {
+            MEM_4G.checked_add(high)?;
+            ram.push(RamRegion {
+                start: MEM_4G,
+                size: high,
+            });
+        }
+        let top = ram.last().map_or(0, RamRegion::end).max(MEM_4G);
+        let mmio64_start = top.checked_next_multiple_of(PCI_MMIO64_ALIGN)?;
+        mmio64_start.checked_add(PCI_MMIO64_SIZE)?;
+        Some(GuestLayout {
+            ram,
+            mmio64_start,
+            mmio64_size: PCI_MMIO64_SIZE,
+        })
+    }
+
+    /// Total RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.ram.iter().map(|r| r.size).sum()
+    }
+
+    /// End of RAM below the 32-bit hole (where the initramfs goes at the top).
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram.first().map_or(0, RamRegion::end)
+    }
+
+    /// Highest guest physical address used by RAM or the PCI windows, plus one.
+    pub fn top_of_address_space(&self) -> u64 {
+        self.mmio64_start + self.mmio64_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_region_below_the_hole() {
+        let layout = GuestLayout::new(256 << 20).unwrap();
+        assert_eq!(
+            layout.ram,
+            vec![RamRegion {
+                start: 0,
+                size: 256 << 20
+            }]
+        );
+        assert_eq!(layout.mmio64_start, MEM_4G);
+        assert_eq!(layout.low_ram_end(), 256 << 20);
+    }
+
+    #[test]
+    fn large_guest_is_split_around_the_hole() {
+        let layout = GuestLayout::new(4 << 30).unwrap();
+        assert_eq!(layout.ram.len(), 2);
+        assert_eq!(layout.ram[0].end(), MEM_32BIT_HOLE_START);
+        assert_eq!(layout.ram[1].start, MEM_4G);
+        assert_eq!(layout.ram_size(), 4 << 30);
+        assert_eq!(layout.ram[1].end(), MEM_4G + (1 << 30));
+        assert_eq!(layout.mmio64_start, 5 << 30);
+    }
+
+    #[test]
+    fn zero_and_unaligned_sizes_are_refused() {
+        assert!(GuestLayout::new(0).is_none());
+        assert!(GuestLayout::new(4097).is_none());
+        assert!(GuestLayout::new(u64::MAX & !0xfff).is_none());
+    }
+
+    #[test]
+    fn fixed_regions_do_not_overlap() {
+        assert!(ZERO_PAGE_START < PML4_START);
+        assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
+        assert!(ACPI_START + ACPI_SIZE <= HIGH_RAM_START);
+        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+    }
+}

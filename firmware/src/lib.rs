@@ -1,0 +1,9 @@
+//! Pure data builders for a minivmm guest: no KVM, no file descriptors.
+//!
+//! Everything here turns a description of the guest into bytes (or plain structs) that the
+//! VMM copies into guest memory, so it is all unit-tested against byte buffers.
+
+pub mod acpi;
+pub mod boot_params;
+pub mod e820;
+pub mod layout;
