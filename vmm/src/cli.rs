@@ -1,0 +1,116 @@
+//! The command line: clap parses, [`Args::into_config`] validates into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{parse_size, SerialMode, VmConfig, DEFAULT_CMDLINE, MAX_MEMORY};
+
+const EXAMPLES: &str = "\
+Examples:
+  minivmm --kernel bzImage
+  minivmm --kernel bzImage --initramfs initrd.img --memory 1G --cpus 2
+  minivmm --kernel vmlinux --cmdline 'console=ttyS0 root=/dev/ram0' --serial file:console.log
+
+At the console, Ctrl-A x quits and Ctrl-A Ctrl-A sends a Ctrl-A to the guest.";
+
+/// minivmm: boot a Linux kernel in a KVM virtual machine.
+#[derive(Debug, Parser)]
+#[command(name = "minivmm", version, after_help = EXAMPLES)]
+pub struct Args {
+    /// Kernel to boot: a bzImage or an ELF vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Initial RAM filesystem (cpio, optionally compressed).
+    #[arg(long, value_name = "FILE")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 panic=-1"].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Guest RAM, like 512M or 4G.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: usize,
+    /// Guest console: stdio, none or file:PATH.
+    #[arg(long, value_name = "MODE", default_value = "stdio")]
+    pub serial: SerialMode,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// A command line that parsed but asks for something impossible.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// `--memory 0` or not page aligned.
+    #[error("--memory must be a non-zero multiple of 4 KiB, like 512M")]
+    BadMemory,
+    /// More than minivmm can lay out.
+    #[error("--memory {0} MiB is more than minivmm can map (at most {1} GiB)")]
+    MemoryTooLarge(u64, u64),
+    /// `--cpus 0`.
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+}
+
+impl Args {
+    /// Check what needs no host access and build the VM description.
+    pub fn into_config(self) -> Result<VmConfig, Error> {
+        if self.memory == 0 || self.memory % 4096 != 0 {
+            return Err(Error::BadMemory);
+        }
+        if self.memory > MAX_MEMORY {
+            return Err(Error::MemoryTooLarge(self.memory >> 20, MAX_MEMORY >> 30));
+        }
+        if self.cpus == 0 {
+            return Err(Error::NoCpus);
+        }
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initramfs: self.initramfs,
+            cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+            memory: self.memory,
+            cpus: self.cpus,
+            serial: self.serial,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, String> {
+        let args = Args::try_parse_from(std::iter::once("minivmm").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&["--kernel", "bzImage"]).unwrap();
+        assert_eq!(config.memory, 512 << 20);
+        assert_eq!(config.cpus, 1);
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(config.serial, SerialMode::Stdio);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--kernel", "k", "--memory", "0"])
+            .unwrap_err()
+            .contains("non-zero"));
+        assert!(parse(&["--kernel", "k", "--memory", "1000"]).is_err());
+        assert!(parse(&["--kernel", "k", "--memory", "64T"])
+            .unwrap_err()
+            .contains("more than minivmm can map"));
+        assert!(parse(&["--kernel", "k", "--cpus", "0"])
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(parse(&["--kernel", "k", "--cpus", "x"]).is_err());
+        assert!(parse(&["--kernel", "k", "--bogus"]).is_err());
+        assert!(parse(&[]).is_err(), "--kernel is required");
+    }
+}

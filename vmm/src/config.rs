@@ -1,0 +1,98 @@
+//! A validated description of the VM to build, independent of how it was asked for.
+
+use std::path::PathBuf;
+
+/// Largest guest minivmm lays out: RAM above 4 GiB plus the 64-bit PCI window must stay
+/// inside a 46-bit physical address space (the smallest any current x86 host offers KVM).
+pub const MAX_MEMORY: u64 = 1 << 45;
+
+/// Where the guest's COM1 goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialMode {
+    /// The terminal (or whatever stdin/stdout are): output to stdout, input from stdin.
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// Output discarded; no input.
+    None,
+}
+
+impl std::str::FromStr for SerialMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdio" => Ok(SerialMode::Stdio),
+            "none" => Ok(SerialMode::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialMode::File(path.into())),
+                _ => Err("expected stdio, none or file:PATH".into()),
+            },
+        }
+    }
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// bzImage or ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes (page aligned, non-zero).
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: usize,
+    /// Console wiring.
+    pub serial: SerialMode,
+}
+
+/// The command line used when none is given: the console on COM1, and a kernel panic ends
+/// the VM instead of hanging it.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+/// Parse a size like `512M`, `4G`, `65536K` or a plain byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        Some((i, 'T' | 't')) => (&text[..i], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size; use a number with K, M or G, like 512M"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn serial_modes() {
+        assert_eq!("stdio".parse(), Ok(SerialMode::Stdio));
+        assert_eq!("none".parse(), Ok(SerialMode::None));
+        assert_eq!("file:/tmp/x".parse(), Ok(SerialMode::File("/tmp/x".into())));
+        assert!("file:".parse::<SerialMode>().is_err());
+        assert!("tcp:1".parse::<SerialMode>().is_err());
+    }
+}

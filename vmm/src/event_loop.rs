@@ -1,0 +1,197 @@
+//! The main thread's event loop (event-manager): host console input, vCPU exits, signals.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use minivmm_devices::serial::SerialPort;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::console::EscapeDecoder;
+use crate::vcpu::Outcome;
+
+/// Why the VM is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// A vCPU ended the run.
+    Vcpu(usize, Outcome),
+    /// minivmm received this signal.
+    Signal(i32),
+    /// The user typed Ctrl-A x.
+    UserQuit,
+}
+
+/// Shared between the vCPU threads and the event loop: the first reason to stop wins.
+#[derive(Debug)]
+pub struct RunState {
+    finish: Mutex<Option<Finish>>,
+    /// Signalled whenever a reason is recorded, to wake the event loop.
+    pub wake: EventFd,
+}
+
+impl RunState {
+    /// A run that has not finished.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(RunState {
+            finish: Mutex::new(None),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Record why the run ends, unless a reason is already recorded.
+    pub fn finish(&self, reason: Finish) {
+        let mut finish = self.finish.lock().unwrap_or_else(|e| e.into_inner());
+        if finish.is_none() {
+            *finish = Some(reason);
+        }
+        drop(finish);
+        let _ = self.wake.write(1);
+    }
+
+    /// The recorded reason, if any.
+    pub fn finished(&self) -> Option<Finish> {
+        self.finish.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Forwards stdin to the guest's UART and watches for Ctrl-A x.
+pub struct StdinForwarder {
+    serial: Arc<Mutex<SerialPort>>,
+    decoder: EscapeDecoder,
+    state: Arc<RunState>,
+}
+
+impl std::fmt::Debug for StdinForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdinForwarder").finish_non_exhaustive()
+    }
+}
+
+impl StdinForwarder {
+    /// Forward to `serial`; a quit request is recorded in `state`.
+    pub fn new(serial: Arc<Mutex<SerialPort>>, state: Arc<RunState>) -> Self {
+        StdinForwarder {
+            serial,
+            decoder: EscapeDecoder::default(),
+            state,
+        }
+    }
+}
+
+impl MutEventSubscriber for StdinForwarder {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        // Unbuffered: a buffered reader could keep bytes epoll no longer reports.
+        // SAFETY: reading at most buf.len() bytes into `buf`.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            return;
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            // EOF (a pipe closed, /dev/null): the guest keeps running without input.
+            let _ = ops.remove(events);
+            return;
+        }
+        let decoded = self.decoder.feed(buf.get(..n).unwrap_or_default());
+        if !decoded.guest.is_empty() {
+            let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+            serial.enqueue_input(&decoded.guest);
+        }
+        if decoded.quit {
+            self.state.finish(Finish::UserQuit);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // epoll refuses regular files and /dev/null; then there is simply no input.
+        if let Err(e) = ops.add(Events::new_raw(libc::STDIN_FILENO, EventSet::IN)) {
+            log::debug!("not watching stdin: {e:?}");
+        }
+    }
+}
+
+/// Signals minivmm turns into a clean stop.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// A signalfd for [`STOP_SIGNALS`], which are blocked for every thread started after it.
+#[derive(Debug)]
+pub struct SignalFd(OwnedFd);
+
+impl SignalFd {
+    /// Block the stop signals in this thread (threads spawned later inherit the mask) and
+    /// receive them through a descriptor instead.
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t for these libc calls.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for signal in STOP_SIGNALS {
+                libc::sigaddset(&mut set, signal);
+            }
+        }
+        // SAFETY: `set` is initialised; the old mask is not needed.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        Ok(SignalFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The next pending stop signal, if any.
+    pub fn read(&self) -> Option<i32> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading at most `size` bytes into `info`, which is that large.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+}
+
+impl AsRawFd for SignalFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Wakes the loop for vCPU exits and turns stop signals into a [`Finish`].
+#[derive(Debug)]
+pub struct ExitWatcher {
+    state: Arc<RunState>,
+    signals: SignalFd,
+}
+
+impl ExitWatcher {
+    /// Watch `state.wake` and `signals`.
+    pub fn new(state: Arc<RunState>, signals: SignalFd) -> Self {
+        ExitWatcher { state, signals }
+    }
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.signals.as_raw_fd() {
+            while let Some(signal) = self.signals.read() {
+                self.state.finish(Finish::Signal(signal));
+            }
+        } else {
+            let _ = self.state.wake.read();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.state.wake.as_raw_fd(), self.signals.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("cannot watch exit events: {e:?}");
+            }
+        }
+    }
+}

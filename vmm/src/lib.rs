@@ -1,0 +1,15 @@
+//! minivmm: a minimal KVM virtual machine monitor.
+//!
+//! This crate is the only one that holds KVM file descriptors. [`vm::Vm::build`] reads as the
+//! boot recipe; [`vcpu`] is the exit loop; [`event_loop`] the main thread.
+
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod cpu;
+pub mod event_loop;
+pub mod loader;
+pub mod memory;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,342 @@
+//! Loading the guest: kernel, initramfs, command line, zero page and ACPI tables.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::{
+    bootparam::setup_header, BzImage, Elf, Error as LoaderError, KernelLoader,
+    KernelLoaderResult,
+};
+use minivmm_firmware::{acpi, boot_params, e820, layout, layout::GuestLayout};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemory;
+
+/// Offset of the 64-bit entry point (startup_64) from the start of a bzImage's protected-mode
+/// code, fixed by the boot protocol.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// `xloadflags` bit: the kernel has a 64-bit entry point at +0x200.
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// Command line limit for kernels whose header does not say (boot protocol < 2.06).
+const DEFAULT_CMDLINE_LIMIT: usize = 255;
+/// Command line limit for an ELF vmlinux (x86 COMMAND_LINE_SIZE - 1).
+const ELF_CMDLINE_LIMIT: usize = 2047;
+/// Highest address an initramfs may end at for kernels that do not say (boot protocol < 2.03).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+/// Guest page size.
+const PAGE: u64 = 4096;
+
+/// Errors loading the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file cannot be opened or read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// "kernel" or "initramfs".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Neither loader recognised the kernel.
+    #[error("{0} is neither a bzImage nor an ELF vmlinux; pass a Linux kernel to --kernel")]
+    NotAKernel(PathBuf),
+    /// A recognised kernel that cannot be loaded.
+    #[error("cannot load kernel {0}: {1}")]
+    Load(PathBuf, String),
+    /// The kernel does not fit in guest RAM.
+    #[error("kernel {0} does not fit in guest RAM; give the guest more --memory")]
+    KernelTooLarge(PathBuf),
+    /// A bzImage without a 64-bit entry point.
+    #[error("{0} has no 64-bit entry point; minivmm boots x86-64 kernels only")]
+    Not64Bit(PathBuf),
+    /// The initramfs does not fit.
+    #[error("initramfs {path} ({size} MiB) does not fit in guest RAM below {limit:#x} after the kernel; give the guest more --memory")]
+    InitramfsTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in MiB.
+        size: u64,
+        /// The highest address it could end at.
+        limit: u64,
+    },
+    /// Command line too long for this kernel.
+    #[error("the kernel command line is {0} bytes; this kernel accepts at most {1}")]
+    CmdlineTooLong(usize, usize),
+    /// Command line with bytes the kernel cannot take.
+    #[error("the kernel command line must be printable ASCII")]
+    CmdlineNotAscii,
+    /// Building firmware tables failed.
+    #[error("{0}")]
+    Acpi(#[from] acpi::Error),
+    /// Building the zero page failed.
+    #[error("{0}")]
+    BootParams(#[from] boot_params::Error),
+    /// Copying into guest memory failed.
+    #[error("cannot write the {0} into guest memory")]
+    GuestMemory(&'static str),
+}
+
+/// What the vCPUs need to know after loading.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    /// Guest address the boot vCPU starts at, in 64-bit mode.
+    pub entry: u64,
+}
+
+/// The inputs of [`load`].
+#[derive(Debug)]
+pub struct LoadConfig<'a> {
+    /// Kernel file.
+    pub kernel: &'a Path,
+    /// Initramfs file.
+    pub initramfs: Option<&'a Path>,
+    /// Command line.
+    pub cmdline: &'a str,
+    /// Number of vCPUs (for the MADT).
+    pub cpus: usize,
+}
+
+/// Load everything the guest needs into `memory`.
+pub fn load(
+    memory: &GuestMemory,
+    guest: &GuestLayout,
+    config: &LoadConfig,
+) -> Result<BootInfo, Error> {
+    let kernel = load_kernel(memory, config.kernel)?;
+    let header = kernel.setup_header;
+    let cmdline_len = write_cmdline(memory, config.cmdline, header.as_ref())?;
+    let initramfs = match config.initramfs {
+        Some(path) => Some(load_initramfs(memory, guest, path, &kernel)?),
+        None => None,
+    };
+    let tables = acpi::build(&acpi::AcpiConfig {
+        num_cpus: config.cpus,
+        layout: guest,
+    })?;
+    memory
+        .write_slice(&tables.bytes, GuestAddress(tables.start))
+        .map_err(|_| Error::GuestMemory("ACPI tables"))?;
+    let e820 = e820::e820_map(guest);
+    let params = boot_params::build(&boot_params::BootParamsConfig {
+        setup_header: header,
+        cmdline_addr: layout::CMDLINE_START,
+        cmdline_len: cmdline_len as u32,
+        initramfs,
+        e820: &e820,
+        rsdp_addr: tables.rsdp_addr,
+    })?;
+    memory
+        .write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
+        .map_err(|_| Error::GuestMemory("zero page"))?;
+    Ok(BootInfo {
+        entry: entry_point(config.kernel, &kernel)?,
+    })
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|source| Error::Read {
+        what,
+        path: path.into(),
+        source,
+    })
+}
+
+/// Load a bzImage, or failing that an ELF vmlinux, at the kernel's preferred address.
+fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<KernelLoaderResult, Error> {
+    let start = Some(GuestAddress(layout::HIGH_RAM_START));
+    let bzimage = BzImage::load(memory, None, &mut open("kernel", path)?, start);
+    let error = match bzimage {
+        Ok(result) => return Ok(result),
+        Err(e) if is_wrong_format(&e) => {
+            match Elf::load(memory, None, &mut open("kernel", path)?, start) {
+                Ok(result) => return Ok(result),
+                Err(e) if is_wrong_format(&e) => return Err(Error::NotAKernel(path.into())),
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    Err(kernel_error(path, error))
+}
+
+/// True when the loader says the file is not of its format at all.
+fn is_wrong_format(error: &LoaderError) -> bool {
+    use linux_loader::loader::{bzimage::Error as Bz, elf::Error as Elf};
+    matches!(
+        error,
+        LoaderError::Bzimage(
+            Bz::InvalidBzImage | Bz::ReadBzImageHeader | Bz::SeekBzImageHeader | Bz::Underflow
+        ) | LoaderError::Elf(Elf::InvalidElfMagicNumber | Elf::ReadElfHeader | Elf::SeekElfStart)
+    )
+}
+
+/// Say what went wrong with a file that is a bzImage or an ELF.
+fn kernel_error(path: &Path, error: LoaderError) -> Error {
+    use linux_loader::loader::{bzimage::Error as Bz, elf::Error as Elf};
+    match error {
+        LoaderError::Bzimage(Bz::ReadBzImageCompressedKernel)
+        | LoaderError::Elf(Elf::ReadKernelImage)
+        | LoaderError::MemoryOverflow => Error::KernelTooLarge(path.into()),
+        LoaderError::Elf(_) => Error::NotAKernel(path.into()),
+        other => Error::Load(path.into(), other.to_string()),
+    }
+}
+
+fn entry_point(path: &Path, kernel: &KernelLoaderResult) -> Result<u64, Error> {
+    match kernel.setup_header {
+        Some(header) if header.xloadflags & XLF_KERNEL_64 == 0 => Err(Error::Not64Bit(path.into())),
+        Some(_) => Ok(kernel.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
+        // For an ELF vmlinux the loader reports the entry point as the load address.
+        None => Ok(kernel.kernel_load.0),
+    }
+}
+
+/// The longest command line `header`'s kernel accepts.
+fn cmdline_limit(header: Option<&setup_header>) -> usize {
+    match header {
+        Some(h) if h.version >= 0x0206 => h.cmdline_size as usize,
+        Some(_) => DEFAULT_CMDLINE_LIMIT,
+        None => ELF_CMDLINE_LIMIT,
+    }
+}
+
+/// Check the command line against the kernel's limit and copy it, NUL terminated.
+pub fn write_cmdline(
+    memory: &GuestMemory,
+    cmdline: &str,
+    header: Option<&setup_header>,
+) -> Result<usize, Error> {
+    let limit = cmdline_limit(header).min(layout::CMDLINE_MAX_SIZE as usize - 1);
+    if cmdline.len() > limit {
+        return Err(Error::CmdlineTooLong(cmdline.len(), limit));
+    }
+    if !cmdline.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(Error::CmdlineNotAscii);
+    }
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    memory
+        .write_slice(&bytes, GuestAddress(layout::CMDLINE_START))
+        .map_err(|_| Error::GuestMemory("command line"))?;
+    Ok(cmdline.len())
+}
+
+/// Where an initramfs of `size` bytes goes: as high as possible below both the end of low
+/// RAM and the kernel's `initrd_addr_max`, page aligned, above everything the kernel needs
+/// while it decompresses itself.
+pub fn initramfs_address(
+    guest: &GuestLayout,
+    kernel: &KernelLoaderResult,
+    size: u64,
+) -> Option<u64> {
+    let (addr_max, kernel_top) = match kernel.setup_header {
+        Some(h) => {
+            let max = if h.version >= 0x0203 {
+                u64::from(h.initrd_addr_max)
+            } else {
+                DEFAULT_INITRD_ADDR_MAX
+            };
+            (max, kernel.kernel_load.0 + u64::from(h.init_size))
+        }
+        None => (DEFAULT_INITRD_ADDR_MAX, kernel.kernel_end),
+    };
+    let end = guest.low_ram_end().min(addr_max.saturating_add(1));
+    let start = end.checked_sub(size)? & !(PAGE - 1);
+    (start >= kernel_top.max(kernel.kernel_end)).then_some(start)
+}
+
+fn load_initramfs(
+    memory: &GuestMemory,
+    guest: &GuestLayout,
+    path: &Path,
+    kernel: &KernelLoaderResult,
+) -> Result<(u64, u32), Error> {
+    let read_error = |source| Error::Read {
+        what: "initramfs",
+        path: path.into(),
+        source,
+    };
+    let mut file = open("initramfs", path)?;
+    let size = file.metadata().map_err(read_error)?.len();
+    let too_large = || Error::InitramfsTooLarge {
+        path: path.into(),
+        size: size.div_ceil(1 << 20),
+        limit: guest.low_ram_end(),
+    };
+    let size32 = u32::try_from(size).map_err(|_| too_large())?;
+    let addr = initramfs_address(guest, kernel, size).ok_or_else(too_large)?;
+    memory
+        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|e| read_error(std::io::Error::other(e.to_string())))?;
+    Ok((addr, size32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bzimage_result(init_size: u32) -> KernelLoaderResult {
+        KernelLoaderResult {
+            kernel_load: GuestAddress(0x10_0000),
+            kernel_end: 0x90_0000,
+            setup_header: Some(setup_header {
+                version: 0x020f,
+                initrd_addr_max: 0x7fff_ffff,
+                init_size,
+                cmdline_size: 2047,
+                xloadflags: 0x1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn initramfs_goes_to_the_top_of_low_ram() {
+        let guest = GuestLayout::new(256 << 20).unwrap();
+        let addr = initramfs_address(&guest, &bzimage_result(0x200_0000), 0x1800).unwrap();
+        assert_eq!(addr, (256 << 20) - 0x2000);
+    }
+
+    #[test]
+    fn initramfs_never_overlaps_the_decompressing_kernel() {
+        let guest = GuestLayout::new(64 << 20).unwrap();
+        // The kernel needs 0x10_0000 + 48 MiB while it decompresses; 32 MiB does not fit.
+        assert!(initramfs_address(&guest, &bzimage_result(0x300_0000), 32 << 20).is_none());
+        assert!(initramfs_address(&guest, &bzimage_result(0x300_0000), 8 << 20).is_some());
+    }
+
+    #[test]
+    fn command_line_limit_comes_from_the_header() {
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let header = bzimage_result(0).setup_header.unwrap();
+        assert_eq!(write_cmdline(&memory, "console=ttyS0", Some(&header)).unwrap(), 13);
+        let mut text = [0u8; 14];
+        memory
+            .read_slice(&mut text, GuestAddress(layout::CMDLINE_START))
+            .unwrap();
+        assert_eq!(&text, b"console=ttyS0\0");
+        let long = "x".repeat(2048);
+        assert!(matches!(
+            write_cmdline(&memory, &long, Some(&header)),
+            Err(Error::CmdlineTooLong(2048, 2047))
+        ));
+        assert!(matches!(
+            write_cmdline(&memory, "a\nb", Some(&header)),
+            Err(Error::CmdlineNotAscii)
+        ));
+    }
+
+    #[test]
+    fn entry_is_startup_64_for_a_bzimage() {
+        let path = Path::new("k");
+        assert_eq!(entry_point(path, &bzimage_result(0)).unwrap(), 0x10_0200);
+        let mut old = bzimage_result(0);
+        if let Some(h) = old.setup_header.as_mut() {
+            h.xloadflags = 0;
+        }
+        assert!(matches!(entry_point(path, &old), Err(Error::Not64Bit(_))));
+    }
+}

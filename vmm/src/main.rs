@@ -1,0 +1,84 @@
+//! The `minivmm` command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use minivmm::cli::Args;
+use minivmm::event_loop::Finish;
+use minivmm::vcpu::Outcome;
+use minivmm::vm::Vm;
+
+/// Exit code for a VM that could not be built or failed while running.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code for a command line clap or minivmm rejects.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(args.verbose);
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let finish = Vm::build(&config).and_then(Vm::run);
+    match finish {
+        Ok(finish) => report(finish),
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Help and version go to stdout as clap prints them; errors become one line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("minivmm: {first} (see minivmm --help)");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+}
+
+/// Turn how the run ended into a message (when one is due) and an exit code.
+fn report(finish: Finish) -> ExitCode {
+    match finish {
+        Finish::Vcpu(_, Outcome::PowerOff | Outcome::Halted | Outcome::Stopped) => {
+            ExitCode::SUCCESS
+        }
+        Finish::Vcpu(_, Outcome::Reboot) => {
+            eprintln!("minivmm: the guest asked for a reboot; minivmm does not restart guests");
+            ExitCode::SUCCESS
+        }
+        Finish::Vcpu(_, Outcome::Failed(reason)) => {
+            eprintln!("minivmm: {reason}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Finish::UserQuit => ExitCode::SUCCESS,
+        Finish::Signal(signal) => {
+            eprintln!("minivmm: stopped by signal {signal}");
+            ExitCode::from(128u8.saturating_add(signal as u8))
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Building a VM from a [`VmConfig`] as a recipe of named steps, and running it.
+
+use std::os::fd::FromRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use minivmm_devices::{
+    bus::SharedDevice,
+    i8042::I8042,
+    pci::{config_io::PciConfigIo, ecam::PciEcam, host_bridge::HostBridge, DevFn, PciRoot},
+    power::{self, AcpiPower},
+    serial::{self, ConsoleOut, SerialPort},
+};
+use minivmm_firmware::layout::{self, GuestLayout};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{SerialMode, VmConfig};
+use crate::cpu::{self, cpuid, msrs, regs};
+use crate::event_loop::{ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
+use crate::loader::{self, LoadConfig};
+use crate::memory::{self, GuestMemory};
+use crate::terminal::RawTerminal;
+use crate::vcpu::{Buses, ExitCounters, VcpuRunner};
+
+/// Most vCPUs the MADT can number (8-bit APIC ids, one left for the IOAPIC).
+pub const MAX_CPUS: usize = 254;
+/// Where KVM puts the three pages of its real-mode TSS (needed on Intel; harmless on AMD).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// /dev/kvm is missing.
+    #[error("/dev/kvm does not exist: enable virtualization in the firmware and load kvm_intel or kvm_amd")]
+    NoKvm,
+    /// /dev/kvm is not accessible.
+    #[error("no permission to open /dev/kvm: run as root or add your user to the kvm group")]
+    KvmPermission,
+    /// Other KVM failures.
+    #[error("{0} failed: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    /// Too many vCPUs.
+    #[error("--cpus {0} is more than minivmm can run here (at most {1})")]
+    TooManyCpus(usize, usize),
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    /// Kernel, initramfs, command line, firmware tables.
+    #[error(transparent)]
+    Load(#[from] loader::Error),
+    /// vCPU setup.
+    #[error(transparent)]
+    Cpu(#[from] cpu::Error),
+    /// Opening the console file, eventfds, threads.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// Device placement.
+    #[error("cannot place a device: {0}")]
+    Device(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Io(what, e)
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPUs before the VM, the VM before guest memory. While the
+    // VM runs, each vCPU is owned by its thread.
+    vcpus: Vec<VcpuFd>,
+    _vm: VmFd,
+    _memory: GuestMemory,
+    /// The guest's address map.
+    pub layout: GuestLayout,
+    buses: Arc<Buses>,
+    serial: Arc<Mutex<SerialPort>>,
+    attach_stdin: bool,
+    /// Exit statistics, per vCPU.
+    pub counters: Arc<Vec<ExitCounters>>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &self.vcpus.len())
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Build the VM `config` describes, ready to run.
+    pub fn build(config: &VmConfig) -> Result<Vm, Error> {
+        let kvm = open_kvm()?;
+        check_cpu_count(&kvm, config.cpus)?;
+        let vm = create_vm(&kvm)?;
+        create_irqchip_and_pit(&vm)?;
+        let (layout, memory) = memory::create(config.memory)?;
+        memory::register_slots(&vm, &memory)?;
+        let boot = load_guest(&memory, &layout, config)?;
+        regs::write_boot_tables(&memory)?;
+        let serial = create_serial(&vm, &config.serial)?;
+        let buses = create_buses(serial.clone())?;
+        let vcpus = create_vcpus(&kvm, &vm, config.cpus, boot.entry)?;
+        let counters = Arc::new((0..config.cpus).map(|_| ExitCounters::default()).collect());
+        Ok(Vm {
+            vcpus,
+            _vm: vm,
+            _memory: memory,
+            layout,
+            buses: Arc::new(buses),
+            serial,
+            attach_stdin: config.serial == SerialMode::Stdio,
+            counters,
+        })
+    }
+
+    /// Run until the guest powers off, a vCPU fails, the user quits or a signal arrives.
+    pub fn run(mut self) -> Result<Finish, Error> {
+        let state = Arc::new(RunState::new().map_err(io("cannot create an eventfd"))?);
+        // Block the stop signals before any vCPU thread exists, so only the signalfd sees them.
+        let signals = SignalFd::new().map_err(io("cannot set up signal handling"))?;
+        let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| Error::Io("cannot create the event loop".into(), std::io::Error::other(format!("{e:?}"))))?;
+        events.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(state.clone(), signals))));
+        let _raw_terminal = if self.attach_stdin {
+            let forwarder = StdinForwarder::new(self.serial.clone(), state.clone());
+            events.add_subscriber(Arc::new(Mutex::new(forwarder)));
+            RawTerminal::enter()
+        } else {
+            None
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = self.spawn_vcpus(&state, &stop)?;
+        let finish = loop {
+            if let Some(finish) = state.finished() {
+                break finish;
+            }
+            if let Err(e) = events.run_with_timeout(1000) {
+                log::error!("event loop: {e:?}");
+            }
+        };
+        stop_vcpus(&stop, threads);
+        Ok(finish)
+    }
+
+    fn spawn_vcpus(
+        &mut self,
+        state: &Arc<RunState>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Vec<JoinHandle<()>>, Error> {
+        install_kick_handler();
+        let mut threads = Vec::new();
+        for (index, mut fd) in self.vcpus.drain(..).enumerate() {
+            let (buses, stop, state) = (self.buses.clone(), stop.clone(), state.clone());
+            let counters = self.counters.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    let Some(counters) = counters.get(index) else {
+                        return;
+                    };
+                    let outcome = VcpuRunner {
+                        fd: &mut fd,
+                        index,
+                        buses: &buses,
+                        stop: &stop,
+                        counters,
+                    }
+                    .run();
+                    state.finish(Finish::Vcpu(index, outcome));
+                })
+                .map_err(io(format!("cannot start vCPU {index}")))?;
+            threads.push(thread);
+        }
+        Ok(threads)
+    }
+}
+
+fn open_kvm() -> Result<Kvm, Error> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => Error::NoKvm,
+        libc::EACCES | libc::EPERM => Error::KvmPermission,
+        _ => Error::Kvm("opening /dev/kvm", e),
+    })
+}
+
+fn check_cpu_count(kvm: &Kvm, cpus: usize) -> Result<(), Error> {
+    let max = kvm.get_max_vcpus().min(MAX_CPUS);
+    if cpus > max {
+        return Err(Error::TooManyCpus(cpus, max));
+    }
+    Ok(())
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
+    let vm = kvm.create_vm().map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+    Ok(vm)
+}
+
+/// The in-kernel PIC, IOAPIC and LAPICs, and the PIT, so timer and interrupt traffic never
+/// leaves the kernel.
+fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), Error> {
+    vm.create_irq_chip()
+        .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))
+}
+
+fn load_guest(
+    memory: &GuestMemory,
+    layout: &GuestLayout,
+    config: &VmConfig,
+) -> Result<loader::BootInfo, Error> {
+    let load = LoadConfig {
+        kernel: &config.kernel,
+        initramfs: config.initramfs.as_deref(),
+        cmdline: &config.cmdline,
+        cpus: config.cpus,
+    };
+    Ok(loader::load(memory, layout, &load)?)
+}
+
+fn console_output(mode: &SerialMode) -> Result<ConsoleOut, Error> {
+    Ok(match mode {
+        SerialMode::Stdio => {
+            // Unbuffered: the guest's prompt must show before its newline.
+            // SAFETY: dup of stdout; the new descriptor is owned by the File.
+            let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(Error::Io(
+                    "cannot use stdout".into(),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+            Box::new(unsafe { std::fs::File::from_raw_fd(fd) })
+        }
+        SerialMode::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io(format!("cannot open console file {}", path.display())))?,
+        ),
+        SerialMode::None => Box::new(std::io::sink()),
+    })
+}
+
+fn create_serial(vm: &VmFd, mode: &SerialMode) -> Result<Arc<Mutex<SerialPort>>, Error> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(io("cannot create an eventfd"))?;
+    vm.register_irqfd(&irq, layout::COM1_IRQ)
+        .map_err(|e| Error::Kvm("KVM_IRQFD (COM1)", e))?;
+    Ok(Arc::new(Mutex::new(SerialPort::new(
+        irq,
+        console_output(mode)?,
+    ))))
+}
+
+fn create_buses(serial: Arc<Mutex<SerialPort>>) -> Result<Buses, Error> {
+    let buses = Buses::default();
+    let mut root = PciRoot::new();
+    root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
+        .map_err(|e| Error::Device(e.to_string()))?;
+    let root = Arc::new(Mutex::new(root));
+    let pio: [(SharedDevice, u16, u64); 4] = [
+        (serial, layout::COM1_PORT, serial::PORT_COUNT),
+        (Arc::new(Mutex::new(I8042)), 0x60, 5),
+        (
+            Arc::new(Mutex::new(AcpiPower)),
+            layout::ACPI_SLEEP_CONTROL_PORT,
+            power::PORT_COUNT,
+        ),
+        (
+            Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+            layout::PCI_CONFIG_ADDRESS_PORT,
+            minivmm_devices::pci::config_io::PORT_COUNT,
+        ),
+    ];
+    for (device, port, len) in pio {
+        buses
+            .pio
+            .insert(device, u64::from(port), len)
+            .map_err(|e| Error::Device(e.to_string()))?;
+    }
+    buses
+        .mmio
+        .insert(
+            Arc::new(Mutex::new(PciEcam::new(root))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+        )
+        .map_err(|e| Error::Device(e.to_string()))?;
+    Ok(buses)
+}
+
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize, entry: u64) -> Result<Vec<VcpuFd>, Error> {
+    let supported: CpuId = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(|e| Error::Kvm("KVM_GET_MSR_INDEX_LIST", e))?;
+    let mut vcpus = Vec::with_capacity(cpus);
+    for index in 0..cpus {
+        let vcpu = vm
+            .create_vcpu(index as u64)
+            .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        vcpu.set_cpuid2(&cpuid::for_vcpu(&supported, index, cpus))
+            .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
+        msrs::setup(&vcpu, index, msr_list.as_slice())?;
+        regs::setup_lapic(&vcpu, index)?;
+        if index == 0 {
+            regs::setup(&vcpu, index, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// The signal used to kick a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// A no-op handler: the signal's only job is to make KVM_RUN return EINTR.
+fn install_kick_handler() {
+    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+        log::warn!("cannot install the vCPU kick handler: {e}");
+    }
+}
+
+/// Ask every vCPU to stop and wait (bounded) for the threads to end.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        for thread in threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the thread is alive (not finished) and its pthread_t is valid.
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for thread in threads {
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            log::warn!("a vCPU thread did not stop in time");
+        }
+    }
+}
