@@ -34,6 +34,11 @@ pub enum Error {
     Empty(u64),
 }
 
+/// No device serves the address of an access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no device at this address")]
+pub struct Unclaimed;
+
 #[derive(Clone)]
 struct Entry {
     len: u64,
@@ -99,9 +104,9 @@ impl Bus {
         true
     }
 
-    /// Route a write; `Err(())` when nothing is there.
-    pub fn write(&self, addr: u64, data: &[u8]) -> Result<Option<Effect>, ()> {
-        let (offset, device) = self.find(addr, data.len()).ok_or(())?;
+    /// Route a write; `Err(Unclaimed)` when nothing is there.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<Option<Effect>, Unclaimed> {
+        let (offset, device) = self.find(addr, data.len()).ok_or(Unclaimed)?;
         let effect = device
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -155,18 +160,18 @@ mod tests {
         assert!(!bus.read(0x10e, &mut data), "straddles the end");
         assert!(!bus.read(0x110, &mut data));
         assert_eq!(data, [0xaa; 4]);
-        assert_eq!(bus.write(0x200, &[1]), Err(()));
+        assert_eq!(bus.write(0x200, &[1]), Err(Unclaimed));
     }
 
     #[test]
     fn overlaps_are_refused() {
         let bus = Bus::new();
         bus.insert(probe(), 0x100, 0x10).unwrap();
+        assert_eq!(bus.insert(probe(), 0x10f, 1), Err(Error::Overlap(0x10f, 1)));
         assert_eq!(
-            bus.insert(probe(), 0x10f, 1),
-            Err(Error::Overlap(0x10f, 1))
+            bus.insert(probe(), 0xf0, 0x11),
+            Err(Error::Overlap(0xf0, 0x11))
         );
-        assert_eq!(bus.insert(probe(), 0xf0, 0x11), Err(Error::Overlap(0xf0, 0x11)));
         assert!(bus.insert(probe(), 0x110, 1).is_ok());
         assert!(bus.insert(probe(), 0xf0, 0x10).is_ok());
         assert_eq!(bus.insert(probe(), 0x0, 0), Err(Error::Empty(0)));

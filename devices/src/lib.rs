@@ -4,6 +4,11 @@
 //! accesses and gets back an [`bus::Effect`] when the access changes something outside the
 //! device (the guest asked to power off, say). Devices never call KVM themselves.
 
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod bus;
 pub mod i8042;
 pub mod pci;

@@ -13,8 +13,8 @@ const SLP_EN: u8 = 1 << 5;
 const SLP_TYP_SHIFT: u8 = 2;
 /// Mask of SLP_TYP after shifting.
 const SLP_TYP_MASK: u8 = 0x7;
-/// Register offsets from the block's base port.
-const SLEEP_CONTROL: u64 = (layout::ACPI_SLEEP_CONTROL_PORT - layout::ACPI_SLEEP_CONTROL_PORT) as u64;
+/// Register offsets from the block's base port (the sleep control register).
+const SLEEP_CONTROL: u64 = 0;
 const SLEEP_STATUS: u64 = (layout::ACPI_SLEEP_STATUS_PORT - layout::ACPI_SLEEP_CONTROL_PORT) as u64;
 const RESET: u64 = (layout::ACPI_RESET_PORT - layout::ACPI_SLEEP_CONTROL_PORT) as u64;
 
@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn s5_with_slp_en_powers_off() {
         let mut pm = AcpiPower;
-        assert_eq!(pm.write(SLEEP_CONTROL, &[(5 << 2) | SLP_EN]), Some(Effect::PowerOff));
+        assert_eq!(
+            pm.write(SLEEP_CONTROL, &[(5 << 2) | SLP_EN]),
+            Some(Effect::PowerOff)
+        );
     }
 
     #[test]
@@ -70,7 +73,10 @@ mod tests {
     #[test]
     fn reset_value_reboots() {
         let mut pm = AcpiPower;
-        assert_eq!(pm.write(RESET, &[layout::ACPI_RESET_VALUE]), Some(Effect::Reboot));
+        assert_eq!(
+            pm.write(RESET, &[layout::ACPI_RESET_VALUE]),
+            Some(Effect::Reboot)
+        );
         assert_eq!(pm.write(RESET, &[0x42]), None);
         assert_eq!(pm.write(RESET, &[]), None);
     }

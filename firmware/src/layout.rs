@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0x0000_0000  ┌ real-mode IVT/BDA (RAM, untouched)
-//! 0x0000_0500  │ boot GDT, IDT
+//! 0x0000_0500  │ boot GDT; 0x540 boot IDT
 //! 0x0000_7000  │ zero page (boot_params)
 //! 0x0000_9000  │ boot page tables: PML4, PDPT, 4 × PD (identity map of 4 GiB)
 //! 0x0002_0000  │ kernel command line
@@ -25,10 +25,11 @@ pub const EBDA_START: u64 = 0x9_fc00;
 /// First byte after the legacy VGA/BIOS area; RAM resumes here.
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 
-/// Boot-time GDT: null, code64, data, TSS descriptors (the kernel replaces it at once).
+/// Boot-time GDT: the boot protocol's __BOOT_CS (0x10) and __BOOT_DS (0x18), and a TSS (0x20);
+/// eight slots at most, so it ends before the IDT.
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Boot-time IDT: empty; interrupts stay disabled until the kernel installs its own.
-pub const BOOT_IDT_START: u64 = 0x520;
+pub const BOOT_IDT_START: u64 = 0x540;
 /// The zero page (`struct boot_params`) handed to the kernel in RSI.
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Level-4 page table of the boot identity map.
@@ -102,6 +103,16 @@ pub const IOAPIC_PINS: u32 = 24;
 /// First GSI handed to PCI INTx (the four pins are swizzled over 16..=19).
 pub const PCI_INTX_GSI_BASE: u32 = 16;
 
+// The fixed regions must not overlap; checked when the crate compiles.
+const _: () = assert!(BOOT_GDT_START + 8 * 8 <= BOOT_IDT_START);
+const _: () = assert!(BOOT_IDT_START + 8 <= ZERO_PAGE_START);
+const _: () = assert!(ZERO_PAGE_START < PML4_START);
+const _: () = assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
+const _: () = assert!(ACPI_START + ACPI_SIZE <= HIGH_RAM_START);
+const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+
 /// One region of guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamRegion {
@@ -134,7 +145,7 @@ impl GuestLayout {
     ///
     /// Returns `None` when the size is zero, not page aligned, or overflows the address space.
     pub fn new(ram_size: u64) -> Option<GuestLayout> {
-        if ram_size == 0 || ram_size % 4096 != 0 {
+        if ram_size == 0 || !ram_size.is_multiple_of(4096) {
             return None;
         }
         let low = ram_size.min(MEM_32BIT_HOLE_START);
@@ -209,16 +220,6 @@ mod tests {
     fn zero_and_unaligned_sizes_are_refused() {
         assert!(GuestLayout::new(0).is_none());
         assert!(GuestLayout::new(4097).is_none());
-        assert!(GuestLayout::new(u64::MAX & !0xfff).is_none());
-    }
-
-    #[test]
-    fn fixed_regions_do_not_overlap() {
-        assert!(ZERO_PAGE_START < PML4_START);
-        assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
-        assert!(ACPI_START + ACPI_SIZE <= HIGH_RAM_START);
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+        assert!(GuestLayout::new(!0xfff).is_none());
     }
 }

@@ -3,6 +3,11 @@
 //! Everything here turns a description of the guest into bytes (or plain structs) that the
 //! VMM copies into guest memory, so it is all unit-tested against byte buffers.
 
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod acpi;
 pub mod boot_params;
 pub mod e820;

@@ -5,6 +5,8 @@
 //! same register and page-table setup a Linux boot uses. No in-kernel irqchip, so HLT exits
 //! to userspace and ends the run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -50,9 +52,8 @@ struct TinyVm {
 
 impl TinyVm {
     fn new(ram: u64) -> TinyVm {
-        let kvm = Kvm::new().unwrap_or_else(|e| {
-            panic!("this test needs /dev/kvm (the vCPU loop runs on it): {e}")
-        });
+        let kvm = Kvm::new()
+            .unwrap_or_else(|e| panic!("this test needs /dev/kvm (the vCPU loop runs on it): {e}"));
         let vm = kvm.create_vm().unwrap();
         let (_, memory) = memory::create(ram).unwrap();
         memory::register_slots(&vm, &memory).unwrap();
@@ -140,7 +141,10 @@ fn mmio_outside_ram_reaches_the_device_at_that_address() {
         ],
     );
     let window = Arc::new(Mutex::new(Recorder::default()));
-    vm.buses.mmio.insert(window.clone(), 0x2_0000, 0x1000).unwrap();
+    vm.buses
+        .mmio
+        .insert(window.clone(), 0x2_0000, 0x1000)
+        .unwrap();
     let port = Arc::new(Mutex::new(Recorder::default()));
     vm.attach_pio(port.clone(), 0x10, 1);
     assert_eq!(vm.run(), Outcome::Halted);

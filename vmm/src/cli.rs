@@ -58,7 +58,7 @@ pub enum Error {
 impl Args {
     /// Check what needs no host access and build the VM description.
     pub fn into_config(self) -> Result<VmConfig, Error> {
-        if self.memory == 0 || self.memory % 4096 != 0 {
+        if self.memory == 0 || !self.memory.is_multiple_of(4096) {
             return Err(Error::BadMemory);
         }
         if self.memory > MAX_MEMORY {

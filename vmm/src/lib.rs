@@ -3,6 +3,11 @@
 //! This crate is the only one that holds KVM file descriptors. [`vm::Vm::build`] reads as the
 //! boot recipe; [`vcpu`] is the exit loop; [`event_loop`] the main thread.
 
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -4,8 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::{
-    bootparam::setup_header, BzImage, Elf, Error as LoaderError, KernelLoader,
-    KernelLoaderResult,
+    bootparam::setup_header, BzImage, Elf, Error as LoaderError, KernelLoader, KernelLoaderResult,
 };
 use minivmm_firmware::{acpi, boot_params, e820, layout, layout::GuestLayout};
 use vm_memory::{Bytes, GuestAddress};
@@ -312,7 +311,10 @@ mod tests {
     fn command_line_limit_comes_from_the_header() {
         let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let header = bzimage_result(0).setup_header.unwrap();
-        assert_eq!(write_cmdline(&memory, "console=ttyS0", Some(&header)).unwrap(), 13);
+        assert_eq!(
+            write_cmdline(&memory, "console=ttyS0", Some(&header)).unwrap(),
+            13
+        );
         let mut text = [0u8; 14];
         memory
             .read_slice(&mut text, GuestAddress(layout::CMDLINE_START))

@@ -31,7 +31,7 @@ fn host_ram() -> Option<u64> {
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a valid, writable sysinfo struct.
     let rc = unsafe { libc::sysinfo(&mut info) };
-    (rc == 0).then(|| u64::from(info.totalram) * u64::from(info.mem_unit))
+    (rc == 0).then(|| info.totalram * u64::from(info.mem_unit))
 }
 
 /// Lay out and map `size` bytes of guest RAM.

@@ -113,7 +113,7 @@ impl VcpuRunner<'_> {
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 counters.pio.fetch_add(1, Ordering::Relaxed);
-                let effect = buses.pio.write(u64::from(port), data).unwrap_or_else(|()| {
+                let effect = buses.pio.write(u64::from(port), data).unwrap_or_else(|_| {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     None
                 });
@@ -130,7 +130,7 @@ impl VcpuRunner<'_> {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 counters.mmio.fetch_add(1, Ordering::Relaxed);
-                let effect = buses.mmio.write(addr, data).unwrap_or_else(|()| {
+                let effect = buses.mmio.write(addr, data).unwrap_or_else(|_| {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     log::debug!("unclaimed MMIO write at {addr:#x}");
                     None

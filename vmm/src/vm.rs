@@ -127,9 +127,17 @@ impl Vm {
         let state = Arc::new(RunState::new().map_err(io("cannot create an eventfd"))?);
         // Block the stop signals before any vCPU thread exists, so only the signalfd sees them.
         let signals = SignalFd::new().map_err(io("cannot set up signal handling"))?;
-        let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
-            .map_err(|e| Error::Io("cannot create the event loop".into(), std::io::Error::other(format!("{e:?}"))))?;
-        events.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(state.clone(), signals))));
+        let mut events =
+            EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().map_err(|e| {
+                Error::Io(
+                    "cannot create the event loop".into(),
+                    std::io::Error::other(format!("{e:?}")),
+                )
+            })?;
+        events.add_subscriber(Arc::new(Mutex::new(ExitWatcher::new(
+            state.clone(),
+            signals,
+        ))));
         let _raw_terminal = if self.attach_stdin {
             let forwarder = StdinForwarder::new(self.serial.clone(), state.clone());
             events.add_subscriber(Arc::new(Mutex::new(forwarder)));
@@ -201,7 +209,9 @@ fn check_cpu_count(kvm: &Kvm, cpus: usize) -> Result<(), Error> {
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
-    let vm = kvm.create_vm().map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
     Ok(vm)

@@ -26,7 +26,7 @@ pub struct ConfigAddress {
 impl ConfigAddress {
     /// Decode a latched address; `None` when the enable bit is clear.
     pub fn decode(value: u32) -> Option<Self> {
-        (value & ENABLE != 0).then(|| ConfigAddress {
+        (value & ENABLE != 0).then_some(ConfigAddress {
             bus: (value >> 16) as u8,
             devfn: DevFn((value >> 8) as u8),
             register: (value & 0xfc) as u16,
@@ -96,7 +96,8 @@ mod tests {
 
     fn config_io() -> PciConfigIo {
         let mut root = PciRoot::new();
-        root.add(DevFn::new(0, 0), Box::new(HostBridge::new())).unwrap();
+        root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
+            .unwrap();
         PciConfigIo::new(Arc::new(Mutex::new(root)))
     }
 

@@ -58,19 +58,26 @@ impl ConfigSpace {
 
     /// Set a whole dword and which of its bits the guest may change.
     pub fn init_dword(&mut self, offset: u16, value: u32, writable: u32) {
-        let i = index(offset);
-        self.registers[i] = value;
-        self.writable_bits[i] = writable;
+        self.set_dword(offset, value);
+        if let Some(bits) = self.writable_bits.get_mut(index(offset)) {
+            *bits = writable;
+        }
     }
 
     /// The dword containing `offset`.
     pub fn read_dword(&self, offset: u16) -> u32 {
-        self.registers[index(offset)]
+        self.registers.get(index(offset)).copied().unwrap_or(!0)
     }
 
     /// Replace a dword regardless of its writable bits (device-model side).
     pub fn set_dword(&mut self, offset: u16, value: u32) {
-        self.registers[index(offset)] = value;
+        if let Some(register) = self.registers.get_mut(index(offset)) {
+            *register = value;
+        }
+    }
+
+    fn writable_bits(&self, offset: u16) -> u32 {
+        self.writable_bits.get(index(offset)).copied().unwrap_or(0)
     }
 
     /// Guest read of 1, 2 or 4 bytes within one dword.
@@ -95,10 +102,10 @@ impl ConfigSpace {
             4 => 0xffff_ffff,
             _ => return,
         };
-        let i = index(offset);
-        let mask = (len_mask << shift) & self.writable_bits[i];
+        let mask = (len_mask << shift) & self.writable_bits(offset);
         let new = u32::from_le_bytes(value) << shift;
-        self.registers[i] = (self.registers[i] & !mask) | (new & mask);
+        let old = self.read_dword(offset);
+        self.set_dword(offset, (old & !mask) | (new & mask));
     }
 }
 

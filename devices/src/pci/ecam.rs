@@ -68,7 +68,8 @@ mod tests {
 
     fn ecam() -> PciEcam {
         let mut root = PciRoot::new();
-        root.add(DevFn::new(0, 0), Box::new(HostBridge::new())).unwrap();
+        root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
+            .unwrap();
         PciEcam::new(Arc::new(Mutex::new(root)))
     }
 

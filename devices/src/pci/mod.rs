@@ -47,5 +47,5 @@ impl std::fmt::Display for DevFn {
 
 /// True for an access PCI configuration space allows: 1, 2 or 4 bytes, naturally aligned.
 pub fn is_valid_access(offset: u64, len: usize) -> bool {
-    matches!(len, 1 | 2 | 4) && offset % len as u64 == 0
+    matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len as u64)
 }

@@ -75,7 +75,8 @@ mod tests {
     #[test]
     fn empty_slots_and_other_buses_read_all_ones() {
         let mut root = PciRoot::new();
-        root.add(DevFn::new(0, 0), Box::new(HostBridge::new())).unwrap();
+        root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
+            .unwrap();
         let mut data = [0u8; 4];
         root.config_read(0, DevFn::new(1, 0), 0, &mut data);
         assert_eq!(data, [0xff; 4]);
@@ -88,7 +89,8 @@ mod tests {
     #[test]
     fn a_devfn_holds_one_function() {
         let mut root = PciRoot::new();
-        root.add(DevFn::new(0, 0), Box::new(HostBridge::new())).unwrap();
+        root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
+            .unwrap();
         assert_eq!(
             root.add(DevFn::new(0, 0), Box::new(HostBridge::new())),
             Err(Error::InUse(DevFn::new(0, 0)))

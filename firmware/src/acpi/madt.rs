@@ -32,7 +32,7 @@ pub fn build(num_cpus: usize) -> Vec<u8> {
     table.extend_from_slice(&[TYPE_IOAPIC, 12, ioapic_id(num_cpus), 0]);
     table.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes()); // GSI base
-    // LINT1 of every local APIC is the NMI input.
+                                                  // LINT1 of every local APIC is the NMI input.
     table.extend_from_slice(&[TYPE_LOCAL_APIC_NMI, 6, 0xff, 0x00, 0x00, 1]);
     finish_table(table)
 }

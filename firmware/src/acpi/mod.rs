@@ -113,10 +113,17 @@ fn table_header(signature: [u8; 4], revision: u8) -> Vec<u8> {
 
 /// Set the length and checksum of a table built in a byte vector.
 fn finish_table(mut table: Vec<u8>) -> Vec<u8> {
-    let len = table.len() as u32;
-    table[4..8].copy_from_slice(&len.to_le_bytes());
-    table[9] = 0;
-    table[9] = 0u8.wrapping_sub(checksum(&table));
+    let len = (table.len() as u32).to_le_bytes();
+    if let Some(field) = table.get_mut(4..8) {
+        field.copy_from_slice(&len);
+    }
+    if let Some(sum) = table.get_mut(9) {
+        *sum = 0;
+    }
+    let sum = 0u8.wrapping_sub(checksum(&table));
+    if let Some(field) = table.get_mut(9) {
+        *field = sum;
+    }
     table
 }
 
@@ -151,9 +158,12 @@ impl BlobWriter {
         addr
     }
 
+    /// Copy `data` over space [`reserve`](Self::reserve) handed out.
     fn write_at(&mut self, addr: u64, data: &[u8]) {
         let offset = (addr - self.start) as usize;
-        self.bytes[offset..offset + data.len()].copy_from_slice(data);
+        if let Some(dst) = self.bytes.get_mut(offset..offset + data.len()) {
+            dst.copy_from_slice(data);
+        }
     }
 
     fn finish(self) -> Vec<u8> {
@@ -189,7 +199,12 @@ pub(crate) mod tests {
         let mut found = vec![];
         for entry in xsdt[36..].chunks(8) {
             let table = table_at(blob, u64::from_le_bytes(entry.try_into().unwrap()));
-            assert_eq!(checksum(table), 0, "{} checksum", String::from_utf8_lossy(&table[..4]));
+            assert_eq!(
+                checksum(table),
+                0,
+                "{} checksum",
+                String::from_utf8_lossy(&table[..4])
+            );
             found.push(table);
         }
         found

@@ -12,17 +12,17 @@ const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
 
 /// (index, value) pairs a freshly reset x86 CPU entering Linux should have.
 const BOOT_MSRS: &[(u32, u64)] = &[
-    (0x174, 0),                             // IA32_SYSENTER_CS
-    (0x175, 0),                             // IA32_SYSENTER_ESP
-    (0x176, 0),                             // IA32_SYSENTER_EIP
-    (0xc000_0081, 0),                       // STAR
-    (0xc000_0082, 0),                       // LSTAR
-    (0xc000_0083, 0),                       // CSTAR
-    (0xc000_0084, 0),                       // SYSCALL_MASK
-    (0xc000_0102, 0),                       // KERNEL_GS_BASE
-    (0x10, 0),                              // IA32_TSC
-    (0x1a0, MISC_ENABLE_FAST_STRING),       // IA32_MISC_ENABLE
-    (0x2ff, MTRR_ENABLE_WRITEBACK),         // IA32_MTRR_DEF_TYPE
+    (0x174, 0),                       // IA32_SYSENTER_CS
+    (0x175, 0),                       // IA32_SYSENTER_ESP
+    (0x176, 0),                       // IA32_SYSENTER_EIP
+    (0xc000_0081, 0),                 // STAR
+    (0xc000_0082, 0),                 // LSTAR
+    (0xc000_0083, 0),                 // CSTAR
+    (0xc000_0084, 0),                 // SYSCALL_MASK
+    (0xc000_0102, 0),                 // KERNEL_GS_BASE
+    (0x10, 0),                        // IA32_TSC
+    (0x1a0, MISC_ENABLE_FAST_STRING), // IA32_MISC_ENABLE
+    (0x2ff, MTRR_ENABLE_WRITEBACK),   // IA32_MTRR_DEF_TYPE
 ];
 
 /// The boot MSRs that appear in KVM's list of supported MSRs.
@@ -42,8 +42,7 @@ pub fn boot_entries(supported: &[u32]) -> Vec<kvm_msr_entry> {
 /// paravirtual hosts do) does not stop the rest; a refusal is logged, not fatal.
 pub fn setup(vcpu: &VcpuFd, index: usize, supported: &[u32]) -> Result<(), Error> {
     for entry in boot_entries(supported) {
-        let msrs =
-            Msrs::from_entries(&[entry]).map_err(|_| Error::GuestMemory("MSR list"))?;
+        let msrs = Msrs::from_entries(&[entry]).map_err(|_| Error::GuestMemory("MSR list"))?;
         match vcpu.set_msrs(&msrs) {
             Ok(1) => {}
             Ok(_) => log::warn!("vCPU {index}: KVM refused MSR {:#x}", entry.index),
