@@ -10,6 +10,9 @@ pub enum Effect {
     PowerOff,
     /// The guest asked for a reboot.
     Reboot,
+    /// A UART's transmit-empty interrupt went off (`true`: the guest now polls the line
+    /// status before each byte, so transmit writes may be queued) or on (`false`).
+    SerialTxPolled(bool),
 }
 
 /// A device on a bus. `offset` is relative to the start of the range it was inserted at.

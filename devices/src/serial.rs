@@ -9,6 +9,14 @@ use crate::bus::{BusDevice, Effect};
 
 /// Number of I/O ports a 16550 decodes.
 pub const PORT_COUNT: u64 = 8;
+/// Interrupt enable register offset (with DLAB clear).
+const IER: u64 = 1;
+/// Line control register offset.
+const LCR: u64 = 3;
+/// LCR bit: divisor latch access (offsets 0 and 1 are then the divisor).
+const LCR_DLAB: u8 = 0x80;
+/// IER bit: transmit holding register empty interrupt.
+const IER_THRI: u8 = 0x02;
 
 /// Raises the UART's interrupt by signalling an eventfd (registered by the VMM as an irqfd).
 #[derive(Debug)]
@@ -28,6 +36,8 @@ pub type ConsoleOut = Box<dyn Write + Send>;
 /// The UART on the port bus.
 pub struct SerialPort {
     uart: Serial<IrqTrigger, NoEvents, ConsoleOut>,
+    lcr: u8,
+    tx_polled: Option<bool>,
 }
 
 impl std::fmt::Debug for SerialPort {
@@ -41,6 +51,8 @@ impl SerialPort {
     pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
         SerialPort {
             uart: Serial::new(IrqTrigger(irq), out),
+            lcr: 0,
+            tx_polled: None,
         }
     }
 
@@ -73,6 +85,17 @@ impl BusDevice for SerialPort {
         };
         if let Err(e) = self.uart.write(offset, value) {
             log::debug!("serial write at {offset} failed: {e:?}");
+        }
+        match u64::from(offset) {
+            LCR => self.lcr = value,
+            IER if self.lcr & LCR_DLAB == 0 => {
+                let polled = value & IER_THRI == 0;
+                if self.tx_polled != Some(polled) {
+                    self.tx_polled = Some(polled);
+                    return Some(Effect::SerialTxPolled(polled));
+                }
+            }
+            _ => {}
         }
         None
     }
@@ -115,6 +138,21 @@ mod tests {
             port.write(0, &[*b]);
         }
         assert_eq!(capture.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn transmit_interrupt_changes_are_reported_once() {
+        let (mut port, _capture, _irq) = port();
+        assert_eq!(port.write(IER, &[0x01]), Some(Effect::SerialTxPolled(true)));
+        assert_eq!(port.write(IER, &[0x00]), None, "still polled");
+        assert_eq!(
+            port.write(IER, &[0x03]),
+            Some(Effect::SerialTxPolled(false))
+        );
+        port.write(LCR, &[LCR_DLAB]);
+        assert_eq!(port.write(IER, &[0x00]), None, "divisor latch, not IER");
+        port.write(LCR, &[0x03]);
+        assert_eq!(port.write(IER, &[0x00]), Some(Effect::SerialTxPolled(true)));
     }
 
     #[test]

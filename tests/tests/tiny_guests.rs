@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use minivmm::coalesced::CoalescedIo;
 use minivmm::cpu::regs;
 use minivmm::memory::{self, GuestMemory};
 use minivmm::vcpu::{Buses, ExitCounters, Outcome, VcpuRunner};
@@ -43,7 +44,9 @@ impl BusDevice for Recorder {
 }
 
 struct TinyVm {
-    _vm: VmFd,
+    kvm: Kvm,
+    vm: Arc<VmFd>,
+    coalesced: Option<CoalescedIo>,
     vcpu: VcpuFd,
     memory: GuestMemory,
     buses: Buses,
@@ -54,12 +57,14 @@ impl TinyVm {
     fn new(ram: u64) -> TinyVm {
         let kvm = Kvm::new()
             .unwrap_or_else(|e| panic!("this test needs /dev/kvm (the vCPU loop runs on it): {e}"));
-        let vm = kvm.create_vm().unwrap();
+        let vm = Arc::new(kvm.create_vm().unwrap());
         let (_, memory) = memory::create(ram).unwrap();
         memory::register_slots(&vm, &memory).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         TinyVm {
-            _vm: vm,
+            kvm,
+            vm,
+            coalesced: None,
             vcpu,
             memory,
             buses: Buses::default(),
@@ -94,6 +99,7 @@ impl TinyVm {
             buses: &self.buses,
             stop: &stop,
             counters: &self.counters,
+            coalesced: self.coalesced.as_ref(),
         }
         .run()
     }
@@ -248,4 +254,35 @@ fn the_linux_boot_cpu_state_runs_64_bit_code() {
     );
     let sregs = vm.vcpu.get_sregs().unwrap();
     assert_eq!(sregs.efer & 0x500, 0x500, "long mode active");
+}
+
+#[test]
+fn coalesced_address_latch_writes_reach_the_device_before_the_next_exit() {
+    // out 0xcf8 (coalesced: no exit), in 0xcfc (exit): the latch must be written first.
+    let mut vm = TinyVm::real_mode(
+        64 << 10,
+        &[
+            0x66, 0xb8, 0x08, 0x00, 0x00, 0x80, // mov eax, 0x80000008
+            0xba, 0xf8, 0x0c, // mov dx, 0xcf8
+            0x66, 0xef, // out dx, eax      (queued in the ring)
+            0xb2, 0xfc, // mov dl, 0xfc
+            0xec, // in al, dx        (exits; the ring is replayed first)
+            0xf4, // hlt
+        ],
+    );
+    let latch = Arc::new(Mutex::new(Recorder::default()));
+    vm.attach_pio(latch.clone(), 0xcf8, 8);
+    vm.coalesced = CoalescedIo::new(&vm.kvm, vm.vm.clone(), &vm.vcpu);
+    if vm.coalesced.is_none() {
+        panic!("this KVM cannot coalesce port I/O (KVM_CAP_COALESCED_PIO), which this test needs");
+    }
+    assert_eq!(vm.run(), Outcome::Halted);
+    let latch = latch.lock().unwrap();
+    assert_eq!(
+        latch.writes,
+        vec![(0, 0x8000_0008u32.to_le_bytes().to_vec())]
+    );
+    assert_eq!(latch.reads, vec![4]);
+    let (pio, _, _) = vm.counters.snapshot();
+    assert_eq!(pio, 1, "only the IN exited");
 }

@@ -9,6 +9,7 @@
 )]
 
 pub mod cli;
+pub mod coalesced;
 pub mod config;
 pub mod console;
 pub mod cpu;

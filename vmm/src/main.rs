@@ -58,6 +58,7 @@ fn init_logging(verbose: u8) {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
+        .format_timestamp_millis()
         .init();
 }
 

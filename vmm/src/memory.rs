@@ -49,7 +49,27 @@ pub fn create(size: u64) -> Result<(GuestLayout, GuestMemory), Error> {
         .collect();
     let memory =
         GuestMemory::from_ranges(&ranges).map_err(|e| Error::Map(size >> 20, e.to_string()))?;
+    request_huge_pages(&memory);
     Ok((layout, memory))
+}
+
+/// Ask for transparent huge pages on guest RAM: fewer host page faults while loading, and
+/// 2 MiB stage-2 mappings, so the guest takes far fewer nested page faults (the costliest
+/// exits under nested virtualization). Only advice: without THP the guest runs as before.
+fn request_huge_pages(memory: &GuestMemory) {
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        // SAFETY: madvise on a mapping `memory` owns; MADV_HUGEPAGE changes no contents.
+        let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            log::debug!(
+                "no huge pages for guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Register every RAM region as a KVM memory slot, slots 0.. in order.

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use minivmm_devices::bus::{Bus, Effect};
 
+use crate::coalesced::CoalescedIo;
+
 /// The two buses a vCPU's exits are routed to.
 #[derive(Debug, Default)]
 pub struct Buses {
@@ -64,6 +66,8 @@ pub struct VcpuRunner<'a> {
     pub stop: &'a AtomicBool,
     /// Exit statistics.
     pub counters: &'a ExitCounters,
+    /// Queued writes to replay before each exit, when KVM coalesces port I/O.
+    pub coalesced: Option<&'a CoalescedIo>,
 }
 
 /// The result of handling one exit.
@@ -73,10 +77,16 @@ enum Step {
     Fault(String),
 }
 
-fn effect_outcome(effect: Option<Effect>) -> Step {
+fn effect_outcome(effect: Option<Effect>, coalesced: Option<&CoalescedIo>) -> Step {
     match effect {
         Some(Effect::PowerOff) => Step::Done(Outcome::PowerOff),
         Some(Effect::Reboot) => Step::Done(Outcome::Reboot),
+        Some(Effect::SerialTxPolled(polled)) => {
+            if let Some(coalesced) = coalesced {
+                coalesced.set_com1_polled(polled);
+            }
+            Step::Continue
+        }
         None => Step::Continue,
     }
 }
@@ -90,6 +100,9 @@ impl VcpuRunner<'_> {
     pub fn run(&mut self) -> Outcome {
         loop {
             if self.stop.load(Ordering::Acquire) {
+                if let Some(coalesced) = self.coalesced {
+                    coalesced.drain(self.buses);
+                }
                 return Outcome::Stopped;
             }
             match self.step() {
@@ -101,8 +114,13 @@ impl VcpuRunner<'_> {
     }
 
     fn step(&mut self) -> Step {
-        let (buses, counters) = (self.buses, self.counters);
-        match self.fd.run() {
+        let (buses, counters, coalesced) = (self.buses, self.counters, self.coalesced);
+        let exit = self.fd.run();
+        // Writes KVM queued happened before this exit: replay them first, in order.
+        if let Some(coalesced) = coalesced {
+            coalesced.drain(buses);
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 counters.pio.fetch_add(1, Ordering::Relaxed);
                 if !buses.pio.read(u64::from(port), data) {
@@ -117,7 +135,7 @@ impl VcpuRunner<'_> {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     None
                 });
-                effect_outcome(effect)
+                effect_outcome(effect, coalesced)
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 counters.mmio.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +153,7 @@ impl VcpuRunner<'_> {
                     log::debug!("unclaimed MMIO write at {addr:#x}");
                     None
                 });
-                effect_outcome(effect)
+                effect_outcome(effect, coalesced)
             }
             Ok(VcpuExit::Hlt) => Step::Done(Outcome::Halted),
             Ok(VcpuExit::Shutdown) => Step::Fault("shutdown (triple fault)".into()),

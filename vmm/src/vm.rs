@@ -20,6 +20,7 @@ use minivmm_devices::{
 use minivmm_firmware::layout::{self, GuestLayout};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::coalesced::CoalescedIo;
 use crate::config::{SerialMode, VmConfig};
 use crate::cpu::{self, cpuid, msrs, regs};
 use crate::event_loop::{ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
@@ -75,7 +76,8 @@ pub struct Vm {
     // Field order is drop order: vCPUs before the VM, the VM before guest memory. While the
     // VM runs, each vCPU is owned by its thread.
     vcpus: Vec<VcpuFd>,
-    _vm: VmFd,
+    coalesced: Option<Arc<CoalescedIo>>,
+    _vm: Arc<VmFd>,
     _memory: GuestMemory,
     /// The guest's address map.
     pub layout: GuestLayout,
@@ -100,18 +102,30 @@ impl Vm {
     pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         let kvm = open_kvm()?;
         check_cpu_count(&kvm, config.cpus)?;
-        let vm = create_vm(&kvm)?;
+        let vm = Arc::new(create_vm(&kvm)?);
         create_irqchip_and_pit(&vm)?;
         let (layout, memory) = memory::create(config.memory)?;
         memory::register_slots(&vm, &memory)?;
+        log::info!("guest RAM mapped");
         let boot = load_guest(&memory, &layout, config)?;
+        log::info!("guest loaded, entry {:#x}", boot.entry);
         regs::write_boot_tables(&memory)?;
         let serial = create_serial(&vm, &config.serial)?;
         let buses = create_buses(serial.clone())?;
         let vcpus = create_vcpus(&kvm, &vm, config.cpus, boot.entry)?;
+        let coalesced = vcpus
+            .first()
+            .and_then(|vcpu| CoalescedIo::new(&kvm, vm.clone(), vcpu))
+            .map(Arc::new);
+        log::info!(
+            "VM built: {} MiB, {} vCPUs",
+            config.memory >> 20,
+            config.cpus
+        );
         let counters = Arc::new((0..config.cpus).map(|_| ExitCounters::default()).collect());
         Ok(Vm {
             vcpus,
+            coalesced,
             _vm: vm,
             _memory: memory,
             layout,
@@ -169,6 +183,7 @@ impl Vm {
         for (index, mut fd) in self.vcpus.drain(..).enumerate() {
             let (buses, stop, state) = (self.buses.clone(), stop.clone(), state.clone());
             let counters = self.counters.clone();
+            let coalesced = self.coalesced.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
@@ -181,6 +196,7 @@ impl Vm {
                         buses: &buses,
                         stop: &stop,
                         counters,
+                        coalesced: coalesced.as_deref(),
                     }
                     .run();
                     state.finish(Finish::Vcpu(index, outcome));

@@ -1,6 +1,9 @@
 //! Loading the guest: kernel, initramfs, command line, zero page and ACPI tables.
 
+mod payload;
+
 use std::fs::File;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::{
@@ -103,7 +106,10 @@ pub fn load(
     guest: &GuestLayout,
     config: &LoadConfig,
 ) -> Result<BootInfo, Error> {
-    let kernel = load_kernel(memory, config.kernel)?;
+    let LoadedKernel {
+        result: kernel,
+        entry,
+    } = load_kernel(memory, config.kernel)?;
     let header = kernel.setup_header;
     let cmdline_len = write_cmdline(memory, config.cmdline, header.as_ref())?;
     let initramfs = match config.initramfs {
@@ -129,9 +135,7 @@ pub fn load(
     memory
         .write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|_| Error::GuestMemory("zero page"))?;
-    Ok(BootInfo {
-        entry: entry_point(config.kernel, &kernel)?,
-    })
+    Ok(BootInfo { entry })
 }
 
 fn open(what: &'static str, path: &Path) -> Result<File, Error> {
@@ -142,15 +146,44 @@ fn open(what: &'static str, path: &Path) -> Result<File, Error> {
     })
 }
 
-/// Load a bzImage, or failing that an ELF vmlinux, at the kernel's preferred address.
-fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<KernelLoaderResult, Error> {
+/// A kernel in guest memory and where to enter it.
+#[derive(Debug)]
+struct LoadedKernel {
+    /// Where it was loaded; `setup_header` is the bzImage's, if it came from one.
+    result: KernelLoaderResult,
+    /// The 64-bit entry point.
+    entry: u64,
+}
+
+/// Load a bzImage — its vmlinux decompressed on the host when the format allows, else the
+/// whole image with its own decompressor — or an ELF vmlinux.
+fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<LoadedKernel, Error> {
+    let image = std::fs::read(path).map_err(|source| Error::Read {
+        what: "kernel",
+        path: path.into(),
+        source,
+    })?;
+    if let Some(header) = payload::setup_header(&image) {
+        if header.xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(Error::Not64Bit(path.into()));
+        }
+        if let Some(kernel) = load_payload(memory, &image, header) {
+            return Ok(kernel);
+        }
+    }
     let start = Some(GuestAddress(layout::HIGH_RAM_START));
-    let bzimage = BzImage::load(memory, None, &mut open("kernel", path)?, start);
-    let error = match bzimage {
-        Ok(result) => return Ok(result),
+    let error = match BzImage::load(memory, None, &mut Cursor::new(&image), start) {
+        Ok(result) => {
+            let entry = result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET;
+            return Ok(LoadedKernel { result, entry });
+        }
         Err(e) if is_wrong_format(&e) => {
-            match Elf::load(memory, None, &mut open("kernel", path)?, start) {
-                Ok(result) => return Ok(result),
+            match Elf::load(memory, None, &mut Cursor::new(&image), start) {
+                // For an ELF the loader reports the entry point as the load address.
+                Ok(result) => {
+                    let entry = result.kernel_load.0;
+                    return Ok(LoadedKernel { result, entry });
+                }
                 Err(e) if is_wrong_format(&e) => return Err(Error::NotAKernel(path.into())),
                 Err(e) => e,
             }
@@ -158,6 +191,27 @@ fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<KernelLoaderResult, 
         Err(e) => e,
     };
     Err(kernel_error(path, error))
+}
+
+/// Decompress a bzImage's vmlinux on the host and load it; `None` means "boot the bzImage
+/// the usual way" (the reason is logged).
+fn load_payload(memory: &GuestMemory, image: &[u8], header: setup_header) -> Option<LoadedKernel> {
+    let loaded = payload::decoder(image, &header)
+        .and_then(|mut reader| payload::load_vmlinux(memory, &mut reader, layout::HIGH_RAM_START));
+    let vmlinux = loaded
+        .map_err(|skip| log::info!("{skip}; the guest decompresses the kernel itself"))
+        .ok()?;
+    log::info!("booting the bzImage's vmlinux, decompressed on the host");
+    let result = KernelLoaderResult {
+        kernel_load: GuestAddress(vmlinux.entry),
+        kernel_end: vmlinux.end,
+        setup_header: Some(header),
+        ..Default::default()
+    };
+    Some(LoadedKernel {
+        result,
+        entry: vmlinux.entry,
+    })
 }
 
 /// True when the loader says the file is not of its format at all.
@@ -180,15 +234,6 @@ fn kernel_error(path: &Path, error: LoaderError) -> Error {
         | LoaderError::MemoryOverflow => Error::KernelTooLarge(path.into()),
         LoaderError::Elf(_) => Error::NotAKernel(path.into()),
         other => Error::Load(path.into(), other.to_string()),
-    }
-}
-
-fn entry_point(path: &Path, kernel: &KernelLoaderResult) -> Result<u64, Error> {
-    match kernel.setup_header {
-        Some(header) if header.xloadflags & XLF_KERNEL_64 == 0 => Err(Error::Not64Bit(path.into())),
-        Some(_) => Ok(kernel.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
-        // For an ELF vmlinux the loader reports the entry point as the load address.
-        None => Ok(kernel.kernel_load.0),
     }
 }
 
@@ -331,14 +376,47 @@ mod tests {
         ));
     }
 
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("minivmm-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
     #[test]
-    fn entry_is_startup_64_for_a_bzimage() {
-        let path = Path::new("k");
-        assert_eq!(entry_point(path, &bzimage_result(0)).unwrap(), 0x10_0200);
-        let mut old = bzimage_result(0);
-        if let Some(h) = old.setup_header.as_mut() {
-            h.xloadflags = 0;
-        }
-        assert!(matches!(entry_point(path, &old), Err(Error::Not64Bit(_))));
+    fn files_that_are_not_kernels_are_named_as_such() {
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let text = temp_file("text", b"hello\n");
+        assert!(matches!(
+            load_kernel(&memory, &text),
+            Err(Error::NotAKernel(_))
+        ));
+        let missing = Path::new("/nonexistent/bzImage");
+        assert!(matches!(
+            load_kernel(&memory, missing),
+            Err(Error::Read { .. })
+        ));
+        std::fs::remove_file(text).unwrap();
+    }
+
+    #[test]
+    fn a_bzimage_without_a_64_bit_entry_is_refused() {
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mut image = vec![0u8; 4096];
+        let header = setup_header {
+            setup_sects: 1,
+            header: 0x5372_6448,
+            version: 0x020f,
+            loadflags: 1,
+            xloadflags: 0,
+            ..Default::default()
+        };
+        let size = std::mem::size_of::<setup_header>();
+        image[0x1f1..0x1f1 + size].copy_from_slice(vm_memory::ByteValued::as_slice(&header));
+        let path = temp_file("bz32", &image);
+        assert!(matches!(
+            load_kernel(&memory, &path),
+            Err(Error::Not64Bit(_))
+        ));
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -1,0 +1,84 @@
+# lab-needs: qemu
+# The peer benchmark, one run in one L1: the same L2 kernel, initramfs, 256M and 1 vCPU under
+# QEMU (-accel kvm) and under minivmm. For each VMM it reports the time from starting the VMM
+# to L2's `L2:INIT` marker, and the VMM's own memory while L2 holds (l2.hold).
+#
+# Own memory rule: the sum of Rss over /proc/PID/smaps, except anonymous mappings (no file
+# name) whose size is >= the guest RAM size: those are the guest's RAM, not the VMM's.
+. /lab/lab.sh
+RAM_MB=256
+HOLD=3
+CMDLINE="$L2_CMDLINE l2.hold=$HOLD"
+
+start_qemu() {
+  qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m "${RAM_MB}M" -smp 1 -nodefaults \
+    -display none -monitor none -no-reboot -serial "file:$1" \
+    -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$CMDLINE" </dev/null >"$1.err" 2>&1 &
+}
+
+start_minivmm() {
+  minivmm --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
+    --memory "${RAM_MB}M" --cpus 1 --serial stdio </dev/null >"$1" 2>"$1.err" &
+}
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+  read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]
+}
+
+# wait_for FILE PATTERN PID DEADLINE_MS: polls every 20 ms; prints when PATTERN appeared (ms).
+wait_for() {
+  until grep -q "$2" "$1" 2>/dev/null; do
+    alive "$3" && [ "$(now_ms)" -lt "$4" ] || return 1
+    usleep 20000
+  done
+  now_ms
+}
+
+# own_mem PID: prints "OWN_KIB GUEST_KIB GUEST_MAPPINGS" by the rule above.
+own_mem() {
+  awk -v ram=$((RAM_MB * 1024)) '
+    function flush() {
+      if (!seen) return
+      if (path == "" && size >= ram) { guest += rss; n++ } else own += rss
+    }
+    /^[0-9a-f]+-[0-9a-f]+ / { flush(); seen = 1; path = $6; size = 0; rss = 0; next }
+    $1 == "Size:" { size = $2 }
+    $1 == "Rss:" { rss = $2 }
+    END { flush(); print own + 0, guest + 0, n + 0 }' "/proc/$1/smaps"
+}
+
+# measure NAME: runs start_NAME, prints LAB:BENCH vmm=NAME ...; sets INIT_MS and OWN_KIB.
+measure() {
+  log=/tmp/$1.console
+  : > "$log"
+  t0=$(now_ms)
+  "start_$1" "$log"
+  pid=$!
+  deadline=$((t0 + VMM_TIMEOUT * 1000))
+  INIT_MS=NA OWN_KIB=NA guest=NA maps=NA
+  if t1=$(wait_for "$log" L2:INIT "$pid" "$deadline"); then INIT_MS=$((t1 - t0)); fi
+  if wait_for "$log" L2:HOLD "$pid" "$deadline" >/dev/null; then
+    set -- "$1" $(own_mem "$pid")
+    OWN_KIB=$2 guest=$3 maps=$4
+  fi
+  while alive "$pid"; do
+    [ "$(now_ms)" -lt "$deadline" ] || kill -9 "$pid"
+    usleep 100000
+  done
+  wait "$pid"
+  rc=$?
+  sed "s/^/[$1] /" "$log" "$log.err"
+  echo
+  echo "LAB:BENCH vmm=$1 init_ms=$INIT_MS own_kib=$OWN_KIB guest_kib=$guest guest_maps=$maps rc=$rc"
+}
+
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f\n", a / b }'
+}
+
+measure qemu
+q_init=$INIT_MS q_own=$OWN_KIB
+measure minivmm
+echo "LAB:BENCH ratio_time=$(ratio "$INIT_MS" "$q_init") ratio_mem=$(ratio "$OWN_KIB" "$q_own")"
+[ "$q_init" != NA ] && [ "$INIT_MS" != NA ]

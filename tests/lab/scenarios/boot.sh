@@ -1,0 +1,16 @@
+# Boots L2 under minivmm with each vCPU count in lab.cpus (default 1,2) and records
+# minivmm's exit code. L2's own markers (L2:INIT ...) come through on the console.
+. /lab/lab.sh
+set -o pipefail
+status=0
+for n in $(lab_param cpus 1,2 | tr , ' '); do
+  echo "LAB:BEGIN boot-cpus=$n"
+  timeout -s KILL "$VMM_TIMEOUT" minivmm --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+    --cmdline "$L2_CMDLINE" --memory 256M --cpus "$n" --serial stdio </dev/null | tee /tmp/l2.log
+  rc=$?
+  grep -q L2:POWEROFF /tmp/l2.log && l2=poweroff || l2=incomplete
+  echo
+  echo "LAB:RESULT boot-cpus=$n rc=$rc l2=$l2"
+  [ "$rc" = 0 ] && [ "$l2" = poweroff ] || status=1
+done
+exit $status

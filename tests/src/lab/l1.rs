@@ -1,0 +1,195 @@
+//! Starting the L1 guest under QEMU TCG and watching its serial log.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::{Context, Result, RunOptions};
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
+/// emulated IOMMU with interrupt remapping, and two PCI devices to pass through.
+pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-machine",
+        "q35,kernel-irqchip=split",
+    ])
+    .args(["-smp", "2", "-m", "4G", "-nodefaults", "-vga", "none"])
+    .args([
+        "-device",
+        "intel-iommu,intremap=on",
+        "-device",
+        "edu",
+        "-device",
+        "VGA",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", cmdline])
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()))
+    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// How a supervised L1 run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// QEMU exited by itself (L1 powered off) with this exit code (None: killed by a signal).
+    Exited(Option<i32>),
+    /// The watchdog killed QEMU, for this reason.
+    Killed(String),
+}
+
+/// What the watchdog saw.
+#[derive(Debug)]
+pub struct Watched {
+    pub log: String,
+    pub end: End,
+    pub wall: Duration,
+    /// From QEMU's start to the first `LAB:L1-UP` in the log.
+    pub l1_up: Option<Duration>,
+}
+
+/// Starts `cmd` (QEMU) and watches `log_path` until QEMU exits, or kills QEMU — only this
+/// child, by its PID — on the hard timeout, on a silent log, or when it lingers after LAB:DONE.
+pub fn run_watched(mut cmd: Command, log_path: &Path, opts: &RunOptions) -> Result<Watched> {
+    File::create(log_path).context(|| format!("cannot create {}", log_path.display()))?;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe. It makes the kernel kill QEMU if this thread dies (no orphan QEMU).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context(|| "cannot start qemu-system-x86_64".to_string())?;
+    let mut watch = Watch::new(log_path, start, opts.echo)?;
+    let end = loop {
+        sleep(POLL);
+        let grew = watch.read_new()?;
+        if let Some(status) = child
+            .try_wait()
+            .context(|| "cannot wait for QEMU".to_string())?
+        {
+            watch.read_new()?;
+            break End::Exited(status.code());
+        }
+        if let Some(reason) = watch.verdict(grew, opts) {
+            kill(&mut child);
+            watch.read_new()?;
+            break End::Killed(reason);
+        }
+    };
+    Ok(Watched {
+        log: watch.log,
+        end,
+        wall: start.elapsed(),
+        l1_up: watch.l1_up,
+    })
+}
+
+fn kill(child: &mut Child) {
+    // Errors mean it is already gone; wait() reaps it either way.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The log as read so far, and the times the watchdog decides on.
+struct Watch {
+    file: File,
+    /// Bytes of the file consumed so far.
+    read: u64,
+    log: String,
+    start: Instant,
+    last_output: Instant,
+    done_at: Option<Instant>,
+    l1_up: Option<Duration>,
+    echo: bool,
+}
+
+impl Watch {
+    fn new(path: &Path, start: Instant, echo: bool) -> Result<Watch> {
+        let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+        let (last_output, done_at, l1_up, log) = (start, None, None, String::new());
+        Ok(Watch {
+            file,
+            read: 0,
+            log,
+            start,
+            last_output,
+            done_at,
+            l1_up,
+            echo,
+        })
+    }
+
+    /// Appends what the log gained since the last call; true if it grew.
+    fn read_new(&mut self) -> Result<bool> {
+        let mut bytes = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(self.read))
+            .and_then(|_| self.file.read_to_end(&mut bytes))
+            .context(|| "cannot read the L1 serial log".to_string())?;
+        // A read may end inside a UTF-8 sequence: keep only whole characters for now.
+        let take = match std::str::from_utf8(&bytes) {
+            Ok(text) => text.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => bytes.len(), // really invalid: take it, lossily
+        };
+        self.read += take as u64;
+        let new = String::from_utf8_lossy(bytes.get(..take).unwrap_or_default()).into_owned();
+        if new.is_empty() {
+            return Ok(false);
+        }
+        if self.echo {
+            let _ = std::io::stderr().write_all(new.as_bytes());
+        }
+        let now = Instant::now();
+        self.log.push_str(&new);
+        self.last_output = now;
+        if self.l1_up.is_none() && self.log.contains("LAB:L1-UP") {
+            self.l1_up = Some(now - self.start);
+        }
+        if self.done_at.is_none() && self.log.contains("LAB:DONE") {
+            self.done_at = Some(now);
+        }
+        Ok(true)
+    }
+
+    /// Why QEMU must be killed now, if it must.
+    fn verdict(&self, grew: bool, opts: &RunOptions) -> Option<String> {
+        let now = Instant::now();
+        if now - self.start > opts.timeout {
+            return Some(format!("hard timeout of {:?}", opts.timeout));
+        }
+        if !grew && now - self.last_output > opts.silence {
+            return Some(format!("no console output for {:?}", opts.silence));
+        }
+        match self.done_at {
+            Some(done) if now - done > opts.done_grace => Some(format!(
+                "still running {:?} after LAB:DONE",
+                opts.done_grace
+            )),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The nested lab: runs a scenario in an L1 Linux guest under QEMU TCG, where minivmm (and
+//! QEMU, for the benchmark) boot an L2 Linux guest on L1's nested /dev/kvm.
+//!
+//! `tests/lab/prepare` fills `tests/lab/work/cache/` (Debian kernel, busybox-static);
+//! [`Lab::run`] packs the L1 initramfs — busybox, `l1-init`, kernel modules, minivmm and its
+//! libraries, the L2 kernel and initramfs, the scenarios — boots L1 and returns its console.
+
+mod console;
+mod cpio;
+mod image;
+mod l1;
+
+use std::fmt::Display;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use console::{fields, Markers, Section};
+pub use l1::End;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The lab's inputs, found on disk.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// `tests/lab`: init scripts, `lab.sh` and `scenarios/`.
+    pub dir: PathBuf,
+    /// `tests/lab/work`: the prepared cache and the runs' images and logs.
+    pub work: PathBuf,
+    /// The unpacked Debian kernel package (boot/, lib/modules/).
+    pub kernel_root: PathBuf,
+    pub kernel_version: String,
+    /// The bzImage, used for both L1 and L2.
+    pub kernel: PathBuf,
+    /// busybox-static's binary.
+    pub busybox: PathBuf,
+    /// The minivmm binary copied into L1.
+    pub minivmm: PathBuf,
+}
+
+/// How to run one scenario.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Appended to L1's kernel command line as `lab.KEY=VALUE` (scenarios read them with
+    /// `lab_param KEY DEFAULT`).
+    pub params: Vec<(String, String)>,
+    /// Kill L1 after this long in any case.
+    pub timeout: Duration,
+    /// Kill L1 when its console prints nothing for this long.
+    pub silence: Duration,
+    /// Kill L1 when it has not exited this long after printing `LAB:DONE`.
+    pub done_grace: Duration,
+    /// Copy L1's console to stderr as it comes.
+    pub echo: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            params: Vec::new(),
+            timeout: Duration::from_secs(900),
+            silence: Duration::from_secs(240),
+            done_grace: Duration::from_secs(10),
+            echo: false,
+        }
+    }
+}
+
+impl RunOptions {
+    pub fn param(mut self, key: &str, value: &str) -> Self {
+        self.params.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// One scenario's run: L1's whole console, and how it went.
+#[derive(Debug, Clone)]
+pub struct LabRun {
+    pub scenario: String,
+    pub log: String,
+    /// Where the console log is kept after the run.
+    pub log_path: PathBuf,
+    pub end: End,
+    /// Building the initramfs images.
+    pub build: Duration,
+    /// From starting QEMU to its exit (or kill).
+    pub wall: Duration,
+    /// From starting QEMU to `LAB:L1-UP` on the console.
+    pub l1_up: Option<Duration>,
+    pub l1_initramfs_bytes: u64,
+    pub l2_initramfs_bytes: u64,
+}
+
+impl Markers for LabRun {
+    fn text(&self) -> &str {
+        &self.log
+    }
+}
+
+impl LabRun {
+    /// The scenario's exit code, from `LAB:DONE rc=N`.
+    pub fn done_rc(&self) -> Option<i32> {
+        self.field("LAB:DONE", "rc")?.parse().ok()
+    }
+
+    /// The console between `LAB:BEGIN name` and `LAB:RESULT name ...`.
+    pub fn section(&self, name: &str) -> Result<Section<'_>> {
+        Section::find(&self.log, name)
+    }
+
+    /// One line on how the run went, with the log's path.
+    pub fn summary(&self) -> String {
+        let up = self
+            .l1_up
+            .map_or("never".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+        format!(
+            "lab {}: {:?} after {:.1}s (build {:.1}s, L1-UP {up}, L1 initramfs {} KiB, \
+             L2 initramfs {} KiB), log {}",
+            self.scenario,
+            self.end,
+            self.wall.as_secs_f64(),
+            self.build.as_secs_f64(),
+            self.l1_initramfs_bytes / 1024,
+            self.l2_initramfs_bytes / 1024,
+            self.log_path.display()
+        )
+    }
+}
+
+impl Lab {
+    /// Finds `tests/lab`, the prepared cache and the minivmm binary (`MINIVMM_BIN`, else
+    /// `<workspace>/target/release/minivmm`). The error says what to run.
+    pub fn locate() -> Result<Lab> {
+        let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tests.join("lab");
+        let work = dir.join("work");
+        let cache = work.join("cache");
+        let version_file = cache.join("kernel.version");
+        let kernel_version = fs::read_to_string(&version_file)
+            .map(|v| v.trim().to_string())
+            .context(|| {
+                format!(
+                    "the lab is not prepared ({}): run tests/lab/prepare",
+                    version_file.display()
+                )
+            })?;
+        let kernel_root = cache.join("kernel");
+        let kernel = kernel_root.join(format!("boot/vmlinuz-{kernel_version}"));
+        let busybox = cache.join("busybox/bin/busybox");
+        for needed in [&kernel, &busybox] {
+            if !needed.is_file() {
+                return Err(format!(
+                    "{} is missing: run tests/lab/prepare",
+                    needed.display()
+                ));
+            }
+        }
+        if image::find_in_path("qemu-system-x86_64").is_none() {
+            return Err("qemu-system-x86_64 is not installed: run tests/lab/prepare".into());
+        }
+        let minivmm = match std::env::var_os("MINIVMM_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => tests
+                .parent()
+                .unwrap_or(tests)
+                .join("target/release/minivmm"),
+        };
+        if !minivmm.is_file() {
+            return Err(format!(
+                "minivmm binary not found at {}: run `cargo build --release -p minivmm` \
+                 (or set MINIVMM_BIN)",
+                minivmm.display()
+            ));
+        }
+        Ok(Lab {
+            dir,
+            work,
+            kernel_root,
+            kernel_version,
+            kernel,
+            busybox,
+            minivmm,
+        })
+    }
+
+    /// Runs `tests/lab/scenarios/NAME.sh` in a fresh L1 and returns L1's console. An Ok run
+    /// may still have failed: look at `end`, `done_rc()` and the markers.
+    pub fn run(&self, scenario: &str, opts: &RunOptions) -> Result<LabRun> {
+        let script = self.dir.join("scenarios").join(format!("{scenario}.sh"));
+        let script_text =
+            fs::read_to_string(&script).context(|| format!("no scenario {}", script.display()))?;
+        let run_dir = self.work.join("runs").join(scenario);
+        fs::create_dir_all(&run_dir).context(|| format!("cannot create {}", run_dir.display()))?;
+
+        let built = Instant::now();
+        let l2 = run_dir.join("l2.cpio.gz");
+        let l2_initramfs_bytes = self.l2_initramfs(&l2)?;
+        let l1 = run_dir.join("l1.cpio.gz");
+        let with_qemu = script_text.lines().any(|l| l.trim() == "# lab-needs: qemu");
+        let l1_initramfs_bytes = self.l1_initramfs(&l2, with_qemu, &l1)?;
+        let build = built.elapsed();
+
+        let mut cmdline =
+            format!("console=ttyS0 intel_iommu=on iommu=pt panic=-1 lab.scenario={scenario}");
+        for (key, value) in &opts.params {
+            cmdline.push_str(&format!(" lab.{key}={value}"));
+        }
+        let log_path = run_dir.join("l1.log");
+        let cmd = l1::command(&self.kernel, &l1, &cmdline, &log_path);
+        let watched = l1::run_watched(cmd, &log_path, opts)?;
+        Ok(LabRun {
+            scenario: scenario.to_string(),
+            log: watched.log,
+            log_path,
+            end: watched.end,
+            build,
+            wall: watched.wall,
+            l1_up: watched.l1_up,
+            l1_initramfs_bytes,
+            l2_initramfs_bytes,
+        })
+    }
+
+    /// L2: busybox and `l2-init`.
+    fn l2_initramfs(&self, dest: &Path) -> Result<u64> {
+        image::busybox_tree(&self.busybox, &self.dir.join("l2-init"))?.write_gz(dest)
+    }
+
+    /// L1: busybox, `l1-init`, modules, minivmm, the L2 images, the scenarios, maybe QEMU.
+    fn l1_initramfs(&self, l2_initramfs: &Path, with_qemu: bool, dest: &Path) -> Result<u64> {
+        let mut tree = image::busybox_tree(&self.busybox, &self.dir.join("l1-init"))?;
+        image::add_modules(
+            &mut tree,
+            &self.kernel_root,
+            &self.kernel_version,
+            image::L1_MODULES,
+        )?;
+        image::add_dynamic(&mut tree, &self.minivmm, "usr/bin/minivmm")?;
+        tree.copy("lab/l2/bzImage", &self.kernel)?;
+        tree.copy("lab/l2/initrd.gz", l2_initramfs)?;
+        tree.copy("lab/lab.sh", &self.dir.join("lab.sh"))?;
+        let scenarios = self.dir.join("scenarios");
+        let entries =
+            fs::read_dir(&scenarios).context(|| format!("cannot list {}", scenarios.display()))?;
+        for entry in entries {
+            let path = entry
+                .context(|| format!("cannot list {}", scenarios.display()))?
+                .path();
+            if let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| n.ends_with(".sh"))
+            {
+                tree.copy(&format!("lab/scenarios/{name}"), &path)?;
+            }
+        }
+        if with_qemu {
+            image::add_qemu(&mut tree)?;
+        }
+        tree.write_gz(dest)
+    }
+}
+
+/// Adds what was being done to an error.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| format!("{}: {e}", what()))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.ok_or_else(what)
+    }
+}

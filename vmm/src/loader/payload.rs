@@ -1,0 +1,370 @@
+//! The compressed vmlinux inside a bzImage, decompressed on the host.
+//!
+//! A bzImage is a small decompressor plus the real kernel (an ELF vmlinux), compressed. Run
+//! in the guest, that decompressor is the slowest part of boot under nested virtualization;
+//! decompressing on the host with liblzma or zlib and entering the vmlinux directly skips it.
+//! Formats minivmm does not decode fall back to the guest's own decompressor.
+
+use std::io::Read;
+
+use linux_loader::loader::bootparam::setup_header;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
+
+/// Offset of the setup header in a bzImage.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
+/// The boot protocol's magic in `setup_header.header`: "HdrS".
+const HDR_MAGIC: u32 = 0x5372_6448;
+/// `payload_offset`/`payload_length` exist from boot protocol 2.08 on.
+const MIN_PAYLOAD_VERSION: u16 = 0x0208;
+/// Largest vmlinux minivmm decompresses (a defence against decompression bombs).
+const MAX_VMLINUX: u64 = 512 << 20;
+/// Magic numbers of the payload formats minivmm decodes.
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ELF_MAGIC: &[u8] = b"\x7fELF";
+
+/// A bzImage's setup header, read from the file's bytes.
+pub fn setup_header(image: &[u8]) -> Option<setup_header> {
+    let size = std::mem::size_of::<setup_header>();
+    let bytes = image.get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + size)?;
+    let header = setup_header::from_slice(bytes).copied()?;
+    (header.header == HDR_MAGIC).then_some(header)
+}
+
+/// The compressed payload: where the protected-mode code starts, plus `payload_offset`.
+fn compressed_payload<'a>(image: &'a [u8], header: &setup_header) -> Option<&'a [u8]> {
+    if header.version < MIN_PAYLOAD_VERSION {
+        return None;
+    }
+    let setup_sects = match header.setup_sects {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let start = (setup_sects + 1) * 512 + header.payload_offset as usize;
+    image.get(start..start.checked_add(header.payload_length as usize)?)
+}
+
+/// Why the payload could not be used (each case falls back to the guest's decompressor).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Skip {
+    /// Not a bzImage with a payload description.
+    #[error("no payload described in the setup header")]
+    NoPayload,
+    /// Compressed with something minivmm does not decode (zstd, lz4, bzip2, lzo, lzma).
+    #[error("payload compression {0:02x?} is not decoded on the host")]
+    Unsupported(Vec<u8>),
+    /// The stream is damaged or too large.
+    #[error("payload does not decompress: {0}")]
+    Corrupt(String),
+    /// It decompressed to something other than an ELF file.
+    #[error("payload is not an ELF vmlinux")]
+    NotElf,
+}
+
+/// A reader of the decompressed vmlinux inside `image`, a bzImage.
+pub fn decoder<'a>(image: &'a [u8], header: &setup_header) -> Result<Box<dyn Read + 'a>, Skip> {
+    let payload = compressed_payload(image, header).ok_or(Skip::NoPayload)?;
+    if payload.starts_with(XZ_MAGIC) {
+        Ok(Box::new(liblzma::read::XzDecoder::new(payload)))
+    } else if payload.starts_with(GZIP_MAGIC) {
+        Ok(Box::new(flate2::read::GzDecoder::new(payload)))
+    } else {
+        let magic = payload.get(..4).unwrap_or(payload).to_vec();
+        Err(Skip::Unsupported(magic))
+    }
+}
+
+/// Where a vmlinux landed in guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vmlinux {
+    /// Physical entry point (startup_64).
+    pub entry: u64,
+    /// First byte after the highest segment, bss included.
+    pub end: u64,
+}
+
+/// ELF program header type of a loadable segment.
+const PT_LOAD: u32 = 1;
+/// ELF machine number of x86-64.
+const EM_X86_64: u16 = 62;
+/// Largest ELF header plus program header table minivmm reads.
+const MAX_HEADERS: usize = 64 << 10;
+/// Copy granule from the decoder to guest memory.
+const CHUNK: usize = 1 << 20;
+
+fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        bytes.get(offset..offset + 2)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        bytes.get(offset..offset + 4)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        bytes.get(offset..offset + 8)?.try_into().ok()?,
+    ))
+}
+
+/// A loadable segment: file offset, size in the file, physical address, size in memory.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    offset: u64,
+    filesz: u64,
+    paddr: u64,
+    memsz: u64,
+}
+
+/// Parse the ELF header and program headers at the start of a vmlinux.
+fn parse_headers(head: &[u8]) -> Result<(u64, Vec<Segment>), Skip> {
+    let bad = || Skip::NotElf;
+    if !head.starts_with(ELF_MAGIC) || head.get(4) != Some(&2) || head.get(5) != Some(&1) {
+        return Err(bad());
+    }
+    if u16_at(head, 18) != Some(EM_X86_64) {
+        return Err(bad());
+    }
+    let entry = u64_at(head, 24).ok_or_else(bad)?;
+    let phoff = u64_at(head, 32).ok_or_else(bad)? as usize;
+    let phentsize = usize::from(u16_at(head, 54).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(head, 56).ok_or_else(bad)?);
+    let mut segments = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(head, ph).ok_or_else(bad)? != PT_LOAD {
+            continue;
+        }
+        segments.push(Segment {
+            offset: u64_at(head, ph + 8).ok_or_else(bad)?,
+            paddr: u64_at(head, ph + 24).ok_or_else(bad)?,
+            filesz: u64_at(head, ph + 32).ok_or_else(bad)?,
+            memsz: u64_at(head, ph + 40).ok_or_else(bad)?,
+        });
+    }
+    segments.sort_by_key(|s| s.offset);
+    Ok((entry, segments))
+}
+
+/// Read exactly `buf.len()` bytes, or fail as a damaged stream.
+fn read_exact(reader: &mut dyn Read, buf: &mut [u8]) -> Result<(), Skip> {
+    reader
+        .read_exact(buf)
+        .map_err(|e| Skip::Corrupt(e.to_string()))
+}
+
+/// Stream a vmlinux from `reader` straight into guest memory, segment by segment, without
+/// holding the whole (tens of MiB) image in host memory. Segments must sit above `min_addr`
+/// and inside guest RAM; bss is left as the fresh, zeroed guest RAM it lands in.
+pub fn load_vmlinux<M: GuestMemoryBackend + ?Sized>(
+    memory: &M,
+    reader: &mut dyn Read,
+    min_addr: u64,
+) -> Result<Vmlinux, Skip> {
+    let mut head = vec![0u8; 64];
+    read_exact(reader, &mut head)?;
+    let phoff = u64_at(&head, 32).ok_or(Skip::NotElf)? as usize;
+    let table =
+        usize::from(u16_at(&head, 54).unwrap_or(0)) * usize::from(u16_at(&head, 56).unwrap_or(0));
+    let head_len = phoff.saturating_add(table).max(64);
+    if head_len > MAX_HEADERS {
+        return Err(Skip::NotElf);
+    }
+    head.resize(head_len, 0);
+    read_exact(reader, head.get_mut(64..).unwrap_or_default())?;
+    let (entry, segments) = parse_headers(&head)?;
+    let mut position = head_len as u64;
+    let mut end = 0;
+    let mut chunk = vec![0u8; CHUNK];
+    for segment in segments {
+        let seg_end = segment.paddr.checked_add(segment.memsz);
+        let fits = seg_end.is_some_and(|e| {
+            memory.check_range(GuestAddress(segment.paddr), (e - segment.paddr) as usize)
+        });
+        if segment.offset < position
+            || segment.paddr < min_addr
+            || !fits
+            || segment.filesz > segment.memsz
+        {
+            return Err(Skip::Corrupt(format!(
+                "segment at {:#x} does not fit guest RAM",
+                segment.paddr
+            )));
+        }
+        if segment.offset + segment.filesz > MAX_VMLINUX {
+            return Err(Skip::Corrupt(format!(
+                "larger than {} MiB",
+                MAX_VMLINUX >> 20
+            )));
+        }
+        std::io::copy(
+            &mut reader.take(segment.offset - position),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| Skip::Corrupt(e.to_string()))?;
+        let mut copied = 0;
+        while copied < segment.filesz {
+            let n = (segment.filesz - copied).min(CHUNK as u64) as usize;
+            let buf = chunk.get_mut(..n).unwrap_or_default();
+            read_exact(reader, buf)?;
+            memory
+                .write_slice(buf, GuestAddress(segment.paddr + copied))
+                .map_err(|e| Skip::Corrupt(e.to_string()))?;
+            copied += n as u64;
+        }
+        position = segment.offset + segment.filesz;
+        end = end.max(segment.paddr + segment.memsz);
+    }
+    if end == 0 {
+        return Err(Skip::NotElf);
+    }
+    Ok(Vmlinux { entry, end })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    type Memory = vm_memory::GuestMemoryMmap<()>;
+
+    /// A minimal bzImage: boot sector with a setup header, one setup sector, then the payload
+    /// (with the 4-byte size trailer the kernel build appends).
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut image = vec![0u8; 2 * 512];
+        let header = setup_header {
+            setup_sects: 1,
+            header: HDR_MAGIC,
+            version: 0x020f,
+            payload_offset: 0x10,
+            payload_length: payload.len() as u32 + 4,
+            ..Default::default()
+        };
+        image[SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>()]
+            .copy_from_slice(header.as_slice());
+        image.extend_from_slice(&[0u8; 0x10]);
+        image.extend_from_slice(payload);
+        image.extend_from_slice(&1234u32.to_le_bytes());
+        image
+    }
+
+    /// An x86-64 ELF with two PT_LOAD segments (the second with bss) and a note to skip.
+    fn fake_vmlinux() -> Vec<u8> {
+        let mut elf = vec![0u8; 0x3000];
+        elf[..4].copy_from_slice(ELF_MAGIC);
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        elf[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // entry
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&3u16.to_le_bytes());
+        let phdrs = [
+            (PT_LOAD, 0x2000u64, 0x30_0000u64, 0x800u64, 0x2000u64),
+            (4, 0x100, 0, 0x10, 0x10), // PT_NOTE
+            (PT_LOAD, 0x1000, 0x20_0000, 0x1000, 0x1000),
+        ];
+        for (i, (kind, offset, paddr, filesz, memsz)) in phdrs.into_iter().enumerate() {
+            let ph = 64 + i * 56;
+            elf[ph..ph + 4].copy_from_slice(&kind.to_le_bytes());
+            elf[ph + 8..ph + 16].copy_from_slice(&offset.to_le_bytes());
+            elf[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+            elf[ph + 32..ph + 40].copy_from_slice(&filesz.to_le_bytes());
+            elf[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        for (i, b) in elf[0x1000..].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        elf
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn memory() -> Memory {
+        Memory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    fn load(image: &[u8]) -> (Memory, Result<Vmlinux, Skip>) {
+        let header = setup_header(image).unwrap();
+        let memory = memory();
+        let result = decoder(image, &header)
+            .and_then(|mut reader| load_vmlinux(&memory, &mut reader, 0x10_0000));
+        (memory, result)
+    }
+
+    fn assert_segments_in_place(memory: &Memory) {
+        let elf = fake_vmlinux();
+        let mut text = vec![0u8; 0x1000];
+        memory
+            .read_slice(&mut text, GuestAddress(0x20_0000))
+            .unwrap();
+        assert_eq!(text, elf[0x1000..0x2000]);
+        let mut data = vec![0u8; 0x800];
+        memory
+            .read_slice(&mut data, GuestAddress(0x30_0000))
+            .unwrap();
+        assert_eq!(data, elf[0x2000..0x2800]);
+        let bss: u8 = memory.read_obj(GuestAddress(0x30_0800)).unwrap();
+        assert_eq!(bss, 0);
+    }
+
+    #[test]
+    fn xz_payload_streams_into_guest_memory() {
+        let (memory, result) = load(&bzimage(&xz(&fake_vmlinux())));
+        assert_eq!(
+            result,
+            Ok(Vmlinux {
+                entry: 0x20_0000,
+                end: 0x30_2000
+            })
+        );
+        assert_segments_in_place(&memory);
+    }
+
+    #[test]
+    fn gzip_payload_streams_into_guest_memory() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&fake_vmlinux()).unwrap();
+        let (memory, result) = load(&bzimage(&encoder.finish().unwrap()));
+        assert_eq!(result.unwrap().entry, 0x20_0000);
+        assert_segments_in_place(&memory);
+    }
+
+    #[test]
+    fn other_formats_and_damage_fall_back() {
+        let (_, zstd) = load(&bzimage(&[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]));
+        assert_eq!(
+            zstd.unwrap_err(),
+            Skip::Unsupported(vec![0x28, 0xb5, 0x2f, 0xfd])
+        );
+        let mut damaged = xz(&fake_vmlinux());
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0xff;
+        let (_, result) = load(&bzimage(&damaged));
+        assert!(matches!(result, Err(Skip::Corrupt(_))), "{result:?}");
+        let (_, result) = load(&bzimage(&xz(&[0u8; 100])));
+        assert_eq!(result, Err(Skip::NotElf));
+    }
+
+    #[test]
+    fn segments_outside_guest_ram_are_refused() {
+        let mut elf = fake_vmlinux();
+        // Move the first segment to 64 MiB, past the 4 MiB of RAM.
+        elf[64 + 24..64 + 32].copy_from_slice(&(64u64 << 20).to_le_bytes());
+        let (_, result) = load(&bzimage(&xz(&elf)));
+        assert!(matches!(result, Err(Skip::Corrupt(_))), "{result:?}");
+    }
+
+    #[test]
+    fn files_without_a_setup_header_are_not_bzimages() {
+        assert!(setup_header(b"hello").is_none());
+        assert!(setup_header(&[0u8; 4096]).is_none());
+    }
+}
