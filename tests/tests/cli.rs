@@ -1,0 +1,229 @@
+//! The `minivmm` command end to end on the host's /dev/kvm, with tiny hand-made ELF
+//! "kernels" (a few 64-bit instructions): how a run ends, and what the user sees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The minivmm binary of the same build profile as this test.
+fn minivmm() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = dir.join("minivmm");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p minivmm` (same profile as the tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// An ELF64 executable whose one segment holds `code`, loaded and entered at 2 MiB.
+fn tiny_kernel(name: &str, code: &[u8]) -> PathBuf {
+    const ENTRY: u64 = 0x20_0000;
+    let mut elf = vec![0u8; 0x1000];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little endian
+    elf[6] = 1; // version
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // executable
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&ENTRY.to_le_bytes());
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers
+    elf[52..54].copy_from_slice(&64u16.to_le_bytes());
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = 64;
+    elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    elf[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+    elf[ph + 16..ph + 24].copy_from_slice(&ENTRY.to_le_bytes());
+    elf[ph + 24..ph + 32].copy_from_slice(&ENTRY.to_le_bytes());
+    let size = (code.len() as u64).to_le_bytes();
+    elf[ph + 32..ph + 40].copy_from_slice(&size);
+    elf[ph + 40..ph + 48].copy_from_slice(&size);
+    elf.extend_from_slice(code);
+    let path = std::env::temp_dir().join(format!("minivmm-{}-{name}.elf", std::process::id()));
+    std::fs::write(&path, elf).unwrap();
+    path
+}
+
+/// A guest that spins forever.
+const SPIN: &[u8] = &[0xeb, 0xfe]; // jmp $
+
+fn spawn(kernel: &PathBuf, serial: &str, stdin: Stdio) -> Child {
+    Command::new(minivmm())
+        .args(["--memory", "64M", "--serial", serial, "--kernel"])
+        .arg(kernel)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait at most `limit` for `child`; kill it and fail if it is still running.
+fn finish(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("minivmm did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn guest_acpi_poweroff_exits_zero_silently() {
+    let kernel = tiny_kernel(
+        "poweroff",
+        &[
+            0x66, 0xba, 0x00, 0x06, // mov dx, 0x600
+            0xb0, 0x34, // mov al, SLP_TYP(5) | SLP_EN
+            0xee, // out dx, al
+            0xeb, 0xfe, // jmp $
+        ],
+    );
+    let output = finish(
+        spawn(&kernel, "none", Stdio::null()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stderr(&output), "");
+}
+
+#[test]
+fn guest_reboot_request_exits_zero_and_says_so() {
+    let kernel = tiny_kernel(
+        "reboot",
+        &[
+            0x66, 0xba, 0x02, 0x06, // mov dx, 0x602 (ACPI reset register)
+            0xb0, 0x01, // mov al, 1
+            0xee, // out dx, al
+            0xeb, 0xfe, // jmp $
+        ],
+    );
+    let output = finish(
+        spawn(&kernel, "none", Stdio::null()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stderr(&output).contains("reboot"), "{}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1);
+}
+
+#[test]
+fn a_vcpu_fault_exits_nonzero_naming_the_vcpu() {
+    let kernel = tiny_kernel("fault", &[0xcc, 0xeb, 0xfe]); // int3 with no IDT
+    let output = finish(
+        spawn(&kernel, "none", Stdio::null()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(text.contains("vCPU 0") && text.contains("RIP"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn sigterm_stops_the_guest_and_exits_with_128_plus_the_signal() {
+    let kernel = tiny_kernel("sigterm", SPIN);
+    let child = spawn(&kernel, "none", Stdio::null());
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = finish(child, Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(128 + libc::SIGTERM));
+    assert!(stderr(&output).contains("stopped by signal 15"), "{}", stderr(&output));
+}
+
+#[test]
+fn ctrl_a_x_on_piped_stdin_quits() {
+    let kernel = tiny_kernel("quit", SPIN);
+    let mut child = spawn(&kernel, "stdio", Stdio::piped());
+    std::thread::sleep(Duration::from_millis(500));
+    child.stdin.take().unwrap().write_all(b"ls\x01x").unwrap();
+    let output = finish(child, Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
+fn stdin_at_eof_does_not_end_the_guest() {
+    // /dev/null cannot be watched and a closed pipe reads EOF: the guest runs on regardless.
+    let kernel = tiny_kernel("eof", SPIN);
+    let mut child = spawn(&kernel, "stdio", Stdio::piped());
+    drop(child.stdin.take());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "minivmm exited on stdin EOF");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn bad_command_lines_get_one_line_and_status_2() {
+    for args in [
+        &["--kernel", "k", "--memory", "0"][..],
+        &["--kernel", "k", "--cpus", "0"],
+        &["--kernel", "k", "--serial", "tcp:1"],
+        &["--bogus"],
+        &[],
+    ] {
+        let output = Command::new(minivmm()).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let text = stderr(&output);
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        assert!(text.starts_with("minivmm: "), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn missing_and_bogus_kernels_get_one_line_and_status_1() {
+    let text_file = std::env::temp_dir().join(format!("minivmm-{}-text", std::process::id()));
+    std::fs::write(&text_file, "not a kernel\n").unwrap();
+    let missing = PathBuf::from("/nonexistent/bzImage");
+    for (kernel, says) in [(&missing, "cannot read kernel"), (&text_file, "neither a bzImage")] {
+        let output = Command::new(minivmm())
+            .arg("--kernel")
+            .arg(kernel)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let text = stderr(&output);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+}
+
+#[test]
+fn no_permission_on_dev_kvm_says_what_to_do() {
+    // /dev/kvm is root-only on the test machines; run minivmm as nobody.
+    let kernel = tiny_kernel("perm", SPIN);
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(minivmm())
+        .arg("--kernel")
+        .arg(&kernel)
+        .output()
+        .expect("setpriv (util-linux) runs minivmm as another user");
+    let text = stderr(&output);
+    if std::fs::metadata("/dev/kvm").is_ok_and(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o006 == 0o006
+    }) {
+        panic!("/dev/kvm is open to everyone here, so this test cannot deny access: {text}");
+    }
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("no permission to open /dev/kvm"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
