@@ -144,7 +144,11 @@ fn sigterm_stops_the_guest_and_exits_with_128_plus_the_signal() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let output = finish(child, Duration::from_secs(10));
     assert_eq!(output.status.code(), Some(128 + libc::SIGTERM));
-    assert!(stderr(&output).contains("stopped by signal 15"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("stopped by signal 15"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -164,7 +168,10 @@ fn stdin_at_eof_does_not_end_the_guest() {
     let mut child = spawn(&kernel, "stdio", Stdio::piped());
     drop(child.stdin.take());
     std::thread::sleep(Duration::from_millis(700));
-    assert!(child.try_wait().unwrap().is_none(), "minivmm exited on stdin EOF");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "minivmm exited on stdin EOF"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -192,7 +199,10 @@ fn missing_and_bogus_kernels_get_one_line_and_status_1() {
     let text_file = std::env::temp_dir().join(format!("minivmm-{}-text", std::process::id()));
     std::fs::write(&text_file, "not a kernel\n").unwrap();
     let missing = PathBuf::from("/nonexistent/bzImage");
-    for (kernel, says) in [(&missing, "cannot read kernel"), (&text_file, "neither a bzImage")] {
+    for (kernel, says) in [
+        (&missing, "cannot read kernel"),
+        (&text_file, "neither a bzImage"),
+    ] {
         let output = Command::new(minivmm())
             .arg("--kernel")
             .arg(kernel)
@@ -226,4 +236,41 @@ fn no_permission_on_dev_kvm_says_what_to_do() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("no permission to open /dev/kvm"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn exit_stats_count_exits_by_address() {
+    let kernel = tiny_kernel(
+        "stats",
+        &[
+            0xe6, 0x80, // out 0x80, al
+            0xe6, 0x80, // out 0x80, al
+            0xe6, 0x80, // out 0x80, al
+            0x66, 0xba, 0x00, 0x06, // mov dx, 0x600
+            0xb0, 0x34, // mov al, SLP_TYP(5) | SLP_EN
+            0xee, // out dx, al
+            0xeb, 0xfe, // jmp $
+        ],
+    );
+    let output = Command::new(minivmm())
+        .args([
+            "--memory",
+            "64M",
+            "--serial",
+            "none",
+            "--exit-stats",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = stderr(&output);
+    assert!(
+        text.contains("vCPU 0: 4 port, 0 mmio, 3 unclaimed"),
+        "{text}"
+    );
+    assert!(text.contains("3  port write  0x80"), "{text}");
+    assert!(text.contains("1  port write  0x600"), "{text}");
 }

@@ -68,7 +68,7 @@ impl TinyVm {
             vcpu,
             memory,
             buses: Buses::default(),
-            counters: ExitCounters::default(),
+            counters: ExitCounters::new(false),
         }
     }
 

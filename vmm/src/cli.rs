@@ -36,6 +36,9 @@ pub struct Args {
     /// Guest console: stdio, none or file:PATH.
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: SerialMode,
+    /// On exit, print how many exits reached minivmm, by vCPU and by busiest address.
+    #[arg(long)]
+    pub exit_stats: bool,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -74,6 +77,7 @@ impl Args {
             memory: self.memory,
             cpus: self.cpus,
             serial: self.serial,
+            exit_stats: self.exit_stats,
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct VmConfig {
     pub cpus: usize,
     /// Console wiring.
     pub serial: SerialMode,
+    /// Count exits by address and print the busiest when the VM ends.
+    pub exit_stats: bool,
 }
 
 /// The command line used when none is given: the console on COM1, and a kernel panic ends

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod cpu;
 pub mod event_loop;
+pub mod exit_stats;
 pub mod loader;
 pub mod memory;
 pub mod terminal;

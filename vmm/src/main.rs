@@ -10,6 +10,8 @@ use minivmm::vm::Vm;
 
 /// Exit code for a VM that could not be built or failed while running.
 const EXIT_FAILURE: u8 = 1;
+/// Addresses listed by `--exit-stats`.
+const EXIT_STATS_TOP: usize = 15;
 /// Exit code for a command line clap or minivmm rejects.
 const EXIT_USAGE: u8 = 2;
 
@@ -26,7 +28,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let finish = Vm::build(&config).and_then(Vm::run);
+    let vm = match Vm::build(&config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let counters = vm.counters.clone();
+    let finish = vm.run();
+    if config.exit_stats {
+        eprint!("{}", minivmm::exit_stats::report(&counters, EXIT_STATS_TOP));
+    }
     match finish {
         Ok(finish) => report(finish),
         Err(e) => {

@@ -1,11 +1,13 @@
 //! The vCPU run loop: KVM exits go to the port-I/O and MMIO buses until the guest is done.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use minivmm_devices::bus::{Bus, Effect};
 
 use crate::coalesced::CoalescedIo;
+use crate::exit_stats::Access;
+pub use crate::exit_stats::ExitCounters;
 
 /// The two buses a vCPU's exits are routed to.
 #[derive(Debug, Default)]
@@ -14,28 +16,6 @@ pub struct Buses {
     pub pio: Bus,
     /// Trapped MMIO (everything that is not a memory slot).
     pub mmio: Bus,
-}
-
-/// Exits that reached userspace, by kind: the cost a guest pays for trapped accesses.
-#[derive(Debug, Default)]
-pub struct ExitCounters {
-    /// Port-I/O exits.
-    pub pio: AtomicU64,
-    /// MMIO exits.
-    pub mmio: AtomicU64,
-    /// Accesses no device claimed (port reads answered with all ones).
-    pub unclaimed: AtomicU64,
-}
-
-impl ExitCounters {
-    /// (pio, mmio, unclaimed) as plain numbers.
-    pub fn snapshot(&self) -> (u64, u64, u64) {
-        (
-            self.pio.load(Ordering::Relaxed),
-            self.mmio.load(Ordering::Relaxed),
-            self.unclaimed.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// How a vCPU's run ended.
@@ -122,7 +102,7 @@ impl VcpuRunner<'_> {
         }
         match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
-                counters.pio.fetch_add(1, Ordering::Relaxed);
+                counters.record(Access::PortRead, u64::from(port));
                 if !buses.pio.read(u64::from(port), data) {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     data.fill(0xff);
@@ -130,7 +110,7 @@ impl VcpuRunner<'_> {
                 Step::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                counters.pio.fetch_add(1, Ordering::Relaxed);
+                counters.record(Access::PortWrite, u64::from(port));
                 let effect = buses.pio.write(u64::from(port), data).unwrap_or_else(|_| {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     None
@@ -138,7 +118,7 @@ impl VcpuRunner<'_> {
                 effect_outcome(effect, coalesced)
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                counters.mmio.fetch_add(1, Ordering::Relaxed);
+                counters.record(Access::MmioRead, addr);
                 if !buses.mmio.read(addr, data) {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     log::debug!("unclaimed MMIO read at {addr:#x}");
@@ -147,7 +127,7 @@ impl VcpuRunner<'_> {
                 Step::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                counters.mmio.fetch_add(1, Ordering::Relaxed);
+                counters.record(Access::MmioWrite, addr);
                 let effect = buses.mmio.write(addr, data).unwrap_or_else(|_| {
                     counters.unclaimed.fetch_add(1, Ordering::Relaxed);
                     log::debug!("unclaimed MMIO write at {addr:#x}");

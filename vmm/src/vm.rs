@@ -122,7 +122,11 @@ impl Vm {
             config.memory >> 20,
             config.cpus
         );
-        let counters = Arc::new((0..config.cpus).map(|_| ExitCounters::default()).collect());
+        let counters = Arc::new(
+            (0..config.cpus)
+                .map(|_| ExitCounters::new(config.exit_stats))
+                .collect(),
+        );
         Ok(Vm {
             vcpus,
             coalesced,
