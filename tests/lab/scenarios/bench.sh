@@ -6,6 +6,8 @@
 # Own memory rule: the sum of Rss over /proc/PID/smaps, except anonymous mappings (no file
 # name) whose size is >= the guest RAM size: those are the guest's RAM, not the VMM's.
 . /lab/lab.sh
+# A VMM normally reaches L2:INIT within 25 s here; give up on a stuck one sooner.
+VMM_TIMEOUT=90
 RAM_MB=256
 HOLD=3
 CMDLINE="$L2_CMDLINE l2.hold=$HOLD"
@@ -17,7 +19,7 @@ start_qemu() {
 }
 
 start_minivmm() {
-  minivmm --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
+  minivmm --exit-stats --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
     --memory "${RAM_MB}M" --cpus 1 --serial stdio </dev/null >"$1" 2>"$1.err" &
 }
 
@@ -70,15 +72,27 @@ measure() {
   rc=$?
   sed "s/^/[$1] /" "$log" "$log.err"
   echo
-  echo "LAB:BENCH vmm=$1 init_ms=$INIT_MS own_kib=$OWN_KIB guest_kib=$guest guest_maps=$maps rc=$rc"
+  RESULT="vmm=$1 init_ms=$INIT_MS own_kib=$OWN_KIB guest_kib=$guest guest_maps=$maps rc=$rc"
+  echo "LAB:TRY $RESULT"
 }
 
 ratio() {
   awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f\n", a / b }'
 }
 
-measure qemu
+# measure_settled NAME: measure; when the guest never reached L2:INIT (the nested lab flakes
+# about once in fifteen boots, QEMU's and minivmm's alike) say so and measure once more.
+measure_settled() {
+  measure "$1"
+  if [ "$INIT_MS" = NA ]; then
+    echo "LAB:FLAKE vmm=$1 reached no L2:INIT; measuring it once more"
+    measure "$1"
+  fi
+  echo "LAB:BENCH $RESULT"
+}
+
+measure_settled qemu
 q_init=$INIT_MS q_own=$OWN_KIB
-measure minivmm
+measure_settled minivmm
 echo "LAB:BENCH ratio_time=$(ratio "$INIT_MS" "$q_init") ratio_mem=$(ratio "$OWN_KIB" "$q_own")"
 [ "$q_init" != NA ] && [ "$INIT_MS" != NA ]
