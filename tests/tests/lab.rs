@@ -100,6 +100,18 @@ fn boot_linux_with_one_and_two_vcpus() {
                 !section.markers("L2:PCI 0000:00:00.0 ").is_empty(),
                 format!("{name}: L2 sees the host bridge (L2:PCI 0000:00:00.0 ...)"),
             )?;
+            expect(
+                !section.markers("L2:RAM 00100000-").is_empty(),
+                format!("{name}: RAM from 1 MiB in L2's /proc/iomem"),
+            )?;
+            if cpus == 2 {
+                // 3200M: 3 GiB below the 32-bit hole, 128 MiB from 4 GiB on.
+                expect(
+                    section.has("L2:RAM 00100000-bfffffff : System RAM")
+                        && section.has("L2:RAM 100000000-107ffffff : System RAM"),
+                    format!("{name}: RAM split around the 32-bit hole"),
+                )?;
+            }
             expect(section.has("L2:POWEROFF"), format!("{name}: L2:POWEROFF"))?;
             let rc = section.field("LAB:RESULT", "rc");
             expect(

@@ -1,12 +1,16 @@
 # Boots L2 under minivmm with each vCPU count in lab.cpus (default 1,2) and records
 # minivmm's exit code. L2's own markers (L2:INIT ...) come through on the console.
+# One vCPU gets 256M; more get 3200M, so that guest RAM is split around the 32-bit hole
+# (3 GiB below it, 128 MiB above 4 GiB).
 . /lab/lab.sh
 set -o pipefail
 status=0
 for n in $(lab_param cpus 1,2 | tr , ' '); do
   echo "LAB:BEGIN boot-cpus=$n"
+  mem=256M
+  [ "$n" = 1 ] || mem=3200M
   timeout -s KILL "$VMM_TIMEOUT" minivmm --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-    --cmdline "$L2_CMDLINE" --memory 256M --cpus "$n" --serial stdio </dev/null | tee /tmp/l2.log
+    --cmdline "$L2_CMDLINE" --memory $mem --cpus "$n" --serial stdio </dev/null | tee /tmp/l2.log
   rc=$?
   grep -q L2:POWEROFF /tmp/l2.log && l2=poweroff || l2=incomplete
   echo
