@@ -1,6 +1,8 @@
 //! PCI: the root bus with its two configuration front ends (mechanism #1 ports and ECAM),
 //! the configuration-space shadow, and the host bridge at 00:00.0.
 
+pub mod bar;
+pub mod capability;
 pub mod config_io;
 pub mod config_space;
 pub mod ecam;
