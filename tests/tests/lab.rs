@@ -119,7 +119,15 @@ fn boot_linux_with_one_and_two_vcpus() {
                 format!("{name}: minivmm exits 0, got rc={rc:?}"),
             )?;
         }
-        Ok(())
+        let console = run.section("console-input")?;
+        expect(
+            console.has("L2:GOT ping-from-l1"),
+            "console-input: a line written to minivmm's stdin reached L2's console",
+        )?;
+        expect(
+            console.field("LAB:RESULT", "rc") == Some("0"),
+            "console-input: minivmm exits 0",
+        )
     });
 }
 

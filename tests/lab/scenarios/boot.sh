@@ -17,4 +17,25 @@ for n in $(lab_param cpus 1,2 | tr , ' '); do
   echo "LAB:RESULT boot-cpus=$n rc=$rc l2=$l2"
   [ "$rc" = 0 ] && [ "$l2" = poweroff ] || status=1
 done
+
+# Console input: L1 writes a line to minivmm's stdin once L2 waits for it; L2 echoes it.
+echo "LAB:BEGIN console-input"
+rm -f /tmp/in && mkfifo /tmp/in
+: > /tmp/out
+timeout -s KILL "$VMM_TIMEOUT" minivmm --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+  --cmdline "$L2_CMDLINE l2.echo=1" --memory 256M < /tmp/in > /tmp/out &
+pid=$!
+exec 3> /tmp/in
+until grep -q L2:WAITING-FOR-INPUT /tmp/out; do
+  kill -0 "$pid" 2>/dev/null || break
+  usleep 100000
+done
+echo "ping-from-l1" >&3
+wait "$pid"
+rc=$?
+exec 3>&-
+cat /tmp/out
+echo
+echo "LAB:RESULT console-input rc=$rc"
+[ "$rc" = 0 ] || status=1
 exit $status
