@@ -65,7 +65,8 @@ pub struct Watched {
 }
 
 /// Starts `cmd` (QEMU) and watches `log_path` until QEMU exits, or kills QEMU — only this
-/// child, by its PID — on the hard timeout, on a silent log, or when it lingers after LAB:DONE.
+/// child, by its PID — on the hard timeout, on a silent log, when L1's kernel reports a CPU
+/// lockup, or when it lingers after LAB:DONE.
 pub fn run_watched(mut cmd: Command, log_path: &Path, opts: &RunOptions) -> Result<Watched> {
     File::create(log_path).context(|| format!("cannot create {}", log_path.display()))?;
     // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
@@ -123,6 +124,8 @@ struct Watch {
     last_output: Instant,
     done_at: Option<Instant>,
     l1_up: Option<Duration>,
+    /// L1's kernel reported a CPU lockup.
+    locked_up: bool,
     echo: bool,
 }
 
@@ -138,6 +141,7 @@ impl Watch {
             last_output,
             done_at,
             l1_up,
+            locked_up: false,
             echo,
         })
     }
@@ -172,6 +176,11 @@ impl Watch {
         if self.done_at.is_none() && self.log.contains("LAB:DONE") {
             self.done_at = Some(now);
         }
+        // A stuck L1 kernel keeps printing lockup reports, which would defeat the silence
+        // watchdog; it never recovers, so give up on it at once.
+        if new.contains("soft lockup") || new.contains("hard LOCKUP") {
+            self.locked_up = true;
+        }
         Ok(true)
     }
 
@@ -180,6 +189,9 @@ impl Watch {
         let now = Instant::now();
         if now - self.start > opts.timeout {
             return Some(format!("hard timeout of {:?}", opts.timeout));
+        }
+        if self.locked_up {
+            return Some("L1's kernel reports a CPU lockup".into());
         }
         if !grew && now - self.last_output > opts.silence {
             return Some(format!("no console output for {:?}", opts.silence));

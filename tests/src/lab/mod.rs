@@ -58,8 +58,8 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             params: Vec::new(),
-            timeout: Duration::from_secs(900),
-            silence: Duration::from_secs(240),
+            timeout: Duration::from_secs(420),
+            silence: Duration::from_secs(150),
             done_grace: Duration::from_secs(10),
             echo: false,
         }
