@@ -7,6 +7,7 @@ pub mod config_io;
 pub mod config_space;
 pub mod ecam;
 pub mod host_bridge;
+pub mod passthrough;
 pub mod root;
 
 pub use config_space::ConfigSpace;
