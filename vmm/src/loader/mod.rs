@@ -138,12 +138,13 @@ pub fn load(
     Ok(BootInfo { entry })
 }
 
-fn open(what: &'static str, path: &Path) -> Result<File, Error> {
-    File::open(path).map_err(|source| Error::Read {
+/// The error for a `what` file at `path` that cannot be read.
+fn read_error<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |source| Error::Read {
         what,
         path: path.into(),
         source,
-    })
+    }
 }
 
 /// A kernel in guest memory and where to enter it.
@@ -158,11 +159,7 @@ struct LoadedKernel {
 /// Load a bzImage — its vmlinux decompressed on the host when the format allows, else the
 /// whole image with its own decompressor — or an ELF vmlinux.
 fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<LoadedKernel, Error> {
-    let image = std::fs::read(path).map_err(|source| Error::Read {
-        what: "kernel",
-        path: path.into(),
-        source,
-    })?;
+    let image = std::fs::read(path).map_err(read_error("kernel", path))?;
     if let Some(header) = payload::setup_header(&image) {
         if header.xloadflags & XLF_KERNEL_64 == 0 {
             return Err(Error::Not64Bit(path.into()));
@@ -297,13 +294,9 @@ fn load_initramfs(
     path: &Path,
     kernel: &KernelLoaderResult,
 ) -> Result<(u64, u32), Error> {
-    let read_error = |source| Error::Read {
-        what: "initramfs",
-        path: path.into(),
-        source,
-    };
-    let mut file = open("initramfs", path)?;
-    let size = file.metadata().map_err(read_error)?.len();
+    let read_error = read_error("initramfs", path);
+    let mut file = File::open(path).map_err(&read_error)?;
+    let size = file.metadata().map_err(&read_error)?.len();
     let too_large = || Error::InitramfsTooLarge {
         path: path.into(),
         size: size.div_ceil(1 << 20),
