@@ -4,8 +4,8 @@
 //!
 //! The lab itself is not perfectly reliable: L1's KVM runs on TCG's emulation of AMD SVM,
 //! and about one L2 boot in fifteen dies early or takes L1's kernel down with it, under QEMU
-//! as under minivmm. So a scenario whose checks fail is run once more; the first failure is
-//! printed in full, and the test passes only if the second run meets every check.
+//! as under minivmm. So a scenario whose checks fail runs again, up to three attempts; every
+//! failure is printed in full, and the test passes only if an attempt meets every check.
 
 use minivmm_tests::lab::{End, Lab, LabRun, Markers, RunOptions};
 
@@ -30,35 +30,32 @@ fn check_l1(run: &LabRun) -> Checked {
     expect(run.end == End::Exited(Some(0)), "L1 powered off by itself")
 }
 
-/// Run `scenario` and `checks` on it, once more if they fail; panic if the retry fails too.
+/// How many times a scenario runs before its failure counts.
+const ATTEMPTS: usize = 3;
+
+/// Run `scenario` and `checks` on it, up to [`ATTEMPTS`] times while they fail; each failure
+/// is printed in full, and the test fails when the last attempt does.
 fn lab_test(scenario: &str, checks: impl Fn(&LabRun) -> Checked) -> LabRun {
     let lab = Lab::locate().unwrap_or_else(|e| panic!("cannot run the lab: {e}"));
-    let attempt = || {
+    for attempt in 1..=ATTEMPTS {
         let run = lab
             .run(scenario, &RunOptions::default())
             .unwrap_or_else(|e| panic!("lab {scenario}: {e}"));
         println!("{}", run.summary());
-        let verdict = check_l1(&run).and_then(|()| checks(&run));
-        (run, verdict)
-    };
-    let (run, verdict) = attempt();
-    let Err(first) = verdict else {
-        return run;
-    };
-    println!(
-        "lab {scenario}: FIRST RUN FAILED: expected: {first}\n--- last console lines of {} ---\n{}\n--- running it once more ---",
-        run.log_path.display(),
-        run.tail(60)
-    );
-    let (run, verdict) = attempt();
-    if let Err(what) = verdict {
-        panic!(
-            "lab {scenario}: expected: {what} (failed twice)\n--- last console lines of {} ---\n{}",
+        let Err(what) = check_l1(&run).and_then(|()| checks(&run)) else {
+            return run;
+        };
+        let report = format!(
+            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines of {} ---\n{}",
             run.log_path.display(),
-            run.tail(40)
+            run.tail(60)
         );
+        if attempt == ATTEMPTS {
+            panic!("{report}");
+        }
+        println!("{report}\n--- running it again ---");
     }
-    run
+    unreachable!("the last attempt returns or panics")
 }
 
 /// A number reported as `key=N` in the first marker starting with `prefix`.
