@@ -5,12 +5,15 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{parse_size, SerialMode, VmConfig, DEFAULT_CMDLINE, MAX_MEMORY};
+use crate::passthrough::GpuSpec;
 
 const EXAMPLES: &str = "\
 Examples:
   minivmm --kernel bzImage
   minivmm --kernel bzImage --initramfs initrd.img --memory 1G --cpus 2
   minivmm --kernel vmlinux --cmdline 'console=ttyS0 root=/dev/ram0' --serial file:console.log
+  minivmm --gpu 0000:01:00.0 --gpu 0000:01:00.1 --kernel bzImage --initramfs initrd.img
+  minivmm --gpu /sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 --kernel bzImage
 
 At the console, Ctrl-A x quits and Ctrl-A Ctrl-A sends a Ctrl-A to the guest.";
 
@@ -36,6 +39,11 @@ pub struct Args {
     /// Guest console: stdio, none or file:PATH.
     #[arg(long, value_name = "MODE", default_value = "stdio")]
     pub serial: SerialMode,
+    /// Pass a host device through with VFIO: a PCI address (0000:01:00.0 or 01:00.0)
+    /// bound to vfio-pci, or a mediated device's sysfs path. Repeat for more devices; the
+    /// functions of one host slot stay one multi-function device in the guest.
+    #[arg(long, value_name = "DEVICE")]
+    pub gpu: Vec<GpuSpec>,
     /// On exit, print how many exits reached minivmm, by vCPU and by busiest address.
     #[arg(long)]
     pub exit_stats: bool,
@@ -78,6 +86,7 @@ impl Args {
             cpus: self.cpus,
             serial: self.serial,
             exit_stats: self.exit_stats,
+            gpus: self.gpu,
         })
     }
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::passthrough::GpuSpec;
+
 /// Largest guest minivmm lays out: RAM above 4 GiB plus the 64-bit PCI window must stay
 /// inside a 46-bit physical address space (the smallest any current x86 host offers KVM).
 pub const MAX_MEMORY: u64 = 1 << 45;
@@ -49,6 +51,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Count exits by address and print the busiest when the VM ends.
     pub exit_stats: bool,
+    /// Host devices to pass through.
+    pub gpus: Vec<GpuSpec>,
 }
 
 /// The command line used when none is given: the console on COM1, and a kernel panic ends

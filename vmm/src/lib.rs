@@ -17,6 +17,7 @@ pub mod event_loop;
 pub mod exit_stats;
 pub mod loader;
 pub mod memory;
+pub mod passthrough;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

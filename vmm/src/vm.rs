@@ -26,6 +26,7 @@ use crate::cpu::{self, cpuid, msrs, regs};
 use crate::event_loop::{ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
 use crate::loader::{self, LoadConfig};
 use crate::memory::{self, GuestMemory};
+use crate::passthrough::{self, Passthrough};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{Buses, ExitCounters, VcpuRunner};
 
@@ -64,6 +65,9 @@ pub enum Error {
     /// Device placement.
     #[error("cannot place a device: {0}")]
     Device(String),
+    /// `--gpu`.
+    #[error(transparent)]
+    Passthrough(#[from] passthrough::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -77,6 +81,8 @@ pub struct Vm {
     // VM runs, each vCPU is owned by its thread.
     vcpus: Vec<VcpuFd>,
     coalesced: Option<Arc<CoalescedIo>>,
+    /// Passed-through devices: released (DMA unmapped) before guest RAM goes.
+    _passthrough: Option<Passthrough>,
     _vm: Arc<VmFd>,
     _memory: GuestMemory,
     /// The guest's address map.
@@ -105,13 +111,26 @@ impl Vm {
         let vm = Arc::new(create_vm(&kvm)?);
         create_irqchip_and_pit(&vm)?;
         let (layout, memory) = memory::create(config.memory)?;
-        memory::register_slots(&vm, &memory)?;
+        let ram_slots = memory::register_slots(&vm, &memory)?;
         log::info!("guest RAM mapped");
         let boot = load_guest(&memory, &layout, config)?;
         log::info!("guest loaded, entry {:#x}", boot.entry);
         regs::write_boot_tables(&memory)?;
         let serial = create_serial(&vm, &config.serial)?;
-        let buses = create_buses(serial.clone())?;
+        let (buses, root) = create_buses(serial.clone())?;
+        let buses = Arc::new(buses);
+        let passthrough = passthrough::attach(
+            &config.gpus,
+            passthrough::Attach {
+                vm: &vm,
+                buses: &buses,
+                root: &mut root.lock().unwrap_or_else(|e| e.into_inner()),
+                layout: &layout,
+                memory: &memory,
+                ram_slots,
+                slot_limit: kvm.get_nr_memslots() as u32,
+            },
+        )?;
         let vcpus = create_vcpus(&kvm, &vm, config.cpus, boot.entry)?;
         let coalesced = vcpus
             .first()
@@ -130,10 +149,11 @@ impl Vm {
         Ok(Vm {
             vcpus,
             coalesced,
+            _passthrough: passthrough,
             _vm: vm,
             _memory: memory,
             layout,
-            buses: Arc::new(buses),
+            buses,
             serial,
             attach_stdin: config.serial == SerialMode::Stdio,
             counters,
@@ -300,7 +320,7 @@ fn create_serial(vm: &VmFd, mode: &SerialMode) -> Result<Arc<Mutex<SerialPort>>,
     ))))
 }
 
-fn create_buses(serial: Arc<Mutex<SerialPort>>) -> Result<Buses, Error> {
+fn create_buses(serial: Arc<Mutex<SerialPort>>) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
     let buses = Buses::default();
     let mut root = PciRoot::new();
     root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
@@ -329,12 +349,12 @@ fn create_buses(serial: Arc<Mutex<SerialPort>>) -> Result<Buses, Error> {
     buses
         .mmio
         .insert(
-            Arc::new(Mutex::new(PciEcam::new(root))),
+            Arc::new(Mutex::new(PciEcam::new(root.clone()))),
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
         )
         .map_err(|e| Error::Device(e.to_string()))?;
-    Ok(buses)
+    Ok((buses, root))
 }
 
 fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize, entry: u64) -> Result<Vec<VcpuFd>, Error> {

@@ -7,6 +7,7 @@ pub mod config_io;
 pub mod config_space;
 pub mod ecam;
 pub mod host_bridge;
+pub mod msi;
 pub mod passthrough;
 pub mod root;
 
@@ -51,4 +52,18 @@ impl std::fmt::Display for DevFn {
 /// True for an access PCI configuration space allows: 1, 2 or 4 bytes, naturally aligned.
 pub fn is_valid_access(offset: u64, len: usize) -> bool {
     matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len as u64)
+}
+
+/// A function shared with others that serve it (a passed-through function's BAR traps).
+impl<F: PciFunction> PciFunction for std::sync::Arc<std::sync::Mutex<F>> {
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_read(offset, data);
+    }
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_write(offset, data);
+    }
 }

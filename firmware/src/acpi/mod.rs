@@ -3,7 +3,7 @@
 //! The tables are laid out back to back in the ACPI area of the layout, RSDP first so the
 //! kernel's scan of the BIOS area finds it even without `acpi_rsdp_addr`.
 
-mod dsdt;
+pub mod dsdt;
 mod fadt;
 mod madt;
 

@@ -1,0 +1,370 @@
+//! The host side of `--gpu`: which device the user named, and whether VFIO can have it.
+//!
+//! Everything here reads sysfs through a root directory, so the checks are tested against
+//! fake trees. The checks run before any VFIO file is opened, so a failure leaves nothing
+//! held and says which device is in the way and what to do about it.
+
+use std::path::{Path, PathBuf};
+
+/// Host drivers that leave an IOMMU group viable for VFIO (the kernel's own list: the
+/// VFIO drivers, pci-stub, and PCIe port services).
+const VIABLE_DRIVERS: [&str; 3] = ["vfio-pci", "pci-stub", "pcieport"];
+
+/// A device named with `--gpu`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuSpec {
+    /// A PCI function, by its full address `DDDD:BB:DD.F`.
+    Pci(String),
+    /// A mediated device, by its sysfs path.
+    Mdev(PathBuf),
+}
+
+impl std::str::FromStr for GpuSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.starts_with('/') {
+            let uuid = Path::new(text).file_name().and_then(|n| n.to_str());
+            return match uuid {
+                Some(uuid) if is_uuid(uuid) => Ok(GpuSpec::Mdev(text.into())),
+                _ => Err(format!(
+                    "'{text}' is not a mediated device path; use /sys/bus/mdev/devices/UUID"
+                )),
+            };
+        }
+        parse_bdf(text)
+            .map(GpuSpec::Pci)
+            .ok_or_else(|| format!("'{text}' is not a PCI address; use 0000:01:00.0 or 01:00.0"))
+    }
+}
+
+impl std::fmt::Display for GpuSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuSpec::Pci(bdf) => f.write_str(bdf),
+            GpuSpec::Mdev(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// `DDDD:BB:DD.F` or `BB:DD.F`, hex, in the kernel's lower-case form.
+fn parse_bdf(text: &str) -> Option<String> {
+    let text = text.to_ascii_lowercase();
+    let full = if text.len() == 7 {
+        format!("0000:{text}")
+    } else {
+        text
+    };
+    let (domain, rest) = full.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (device, function) = rest.split_once('.')?;
+    let hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+    let ok = hex(domain, 4)
+        && hex(bus, 2)
+        && hex(device, 2)
+        && u8::from_str_radix(device, 16).is_ok_and(|d| d < 32)
+        && function.len() == 1
+        && function.chars().all(|c| ('0'..='7').contains(&c));
+    ok.then_some(full)
+}
+
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Why a device cannot be passed through.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// No such PCI function.
+    #[error("there is no PCI device {0}: check the address with lspci -D")]
+    NoDevice(String),
+    /// No such mediated device.
+    #[error(
+        "there is no mediated device {0}: create it through its parent's mdev_supported_types"
+    )]
+    NoMdev(String),
+    /// The IOMMU is off (or the device is outside it).
+    #[error("{0} has no IOMMU group: turn the IOMMU on (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)")]
+    NoIommuGroup(String),
+    /// The device itself is not on vfio-pci.
+    #[error("{0} is bound to {1}, not vfio-pci: echo vfio-pci > /sys/bus/pci/devices/{0}/driver_override, then unbind it and echo {0} > /sys/bus/pci/drivers_probe")]
+    NotVfio(String, String),
+    /// The device has no driver.
+    #[error("{0} has no driver: modprobe vfio-pci, echo vfio-pci > /sys/bus/pci/devices/{0}/driver_override and echo {0} > /sys/bus/pci/drivers_probe")]
+    Unbound(String),
+    /// Another member of the group is on a host driver.
+    #[error("IOMMU group {group} is not viable: {member} (in the same group as {device}) is bound to {driver}; bind it to vfio-pci too, or unbind it")]
+    NotViable {
+        /// The group.
+        group: u32,
+        /// The device asked for.
+        device: String,
+        /// The member in the way.
+        member: String,
+        /// Its driver.
+        driver: String,
+    },
+    /// The two addresses resolve to the same device.
+    #[error("{0} is given twice with --gpu")]
+    Duplicate(String),
+}
+
+/// A device VFIO can open: its sysfs path and IOMMU group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDevice {
+    /// What the user named.
+    pub spec: GpuSpec,
+    /// Its sysfs directory (what VFIO is given).
+    pub sysfs: PathBuf,
+    /// Its IOMMU group number (`/dev/vfio/N`).
+    pub group: u32,
+}
+
+impl HostDevice {
+    /// The PCI address when this is a PCI function.
+    pub fn bdf(&self) -> Option<&str> {
+        match &self.spec {
+            GpuSpec::Pci(bdf) => Some(bdf),
+            GpuSpec::Mdev(_) => None,
+        }
+    }
+}
+
+/// Find `spec` under the sysfs tree at `sys` and check that VFIO can open it: the device
+/// exists, is in an IOMMU group, is bound to vfio-pci, and every other member of its group
+/// is on a driver that keeps the group viable (or on none).
+pub fn check(sys: &Path, spec: &GpuSpec) -> Result<HostDevice, Error> {
+    let (name, sysfs) = match spec {
+        GpuSpec::Pci(bdf) => (bdf.clone(), sys.join("bus/pci/devices").join(bdf)),
+        GpuSpec::Mdev(path) => {
+            let uuid = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let uuid = uuid.unwrap_or_default();
+            (uuid.clone(), sys.join("bus/mdev/devices").join(&uuid))
+        }
+    };
+    if !sysfs.exists() {
+        return Err(match spec {
+            GpuSpec::Pci(_) => Error::NoDevice(name),
+            GpuSpec::Mdev(path) => Error::NoMdev(path.display().to_string()),
+        });
+    }
+    let group = link_name(&sysfs.join("iommu_group"))
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| Error::NoIommuGroup(name.clone()))?;
+    let device = HostDevice {
+        spec: spec.clone(),
+        sysfs,
+        group,
+    };
+    // A mediated device's group is its own, made by its parent driver.
+    if matches!(spec, GpuSpec::Mdev(_)) {
+        return Ok(device);
+    }
+    match driver(&device.sysfs) {
+        Some(driver) if driver == "vfio-pci" => {}
+        Some(driver) => return Err(Error::NotVfio(name, driver)),
+        None => return Err(Error::Unbound(name)),
+    }
+    for member in group_members(sys, group) {
+        if member == name {
+            continue;
+        }
+        let member_path = sys.join("bus/pci/devices").join(&member);
+        if let Some(driver) = driver(&member_path) {
+            if !VIABLE_DRIVERS.contains(&driver.as_str()) {
+                return Err(Error::NotViable {
+                    group,
+                    device: name,
+                    member,
+                    driver,
+                });
+            }
+        }
+    }
+    Ok(device)
+}
+
+/// Check every `--gpu`, refusing the same device twice.
+pub fn check_all(sys: &Path, specs: &[GpuSpec]) -> Result<Vec<HostDevice>, Error> {
+    let mut devices: Vec<HostDevice> = Vec::new();
+    for spec in specs {
+        let device = check(sys, spec)?;
+        if devices.iter().any(|d| d.sysfs == device.sysfs) {
+            return Err(Error::Duplicate(spec.to_string()));
+        }
+        devices.push(device);
+    }
+    Ok(devices)
+}
+
+/// The devices in IOMMU group `group`, sorted.
+pub fn group_members(sys: &Path, group: u32) -> Vec<String> {
+    let dir = sys
+        .join("kernel/iommu_groups")
+        .join(group.to_string())
+        .join("devices");
+    let mut members: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort();
+    members
+}
+
+/// The driver a device is bound to, if any.
+pub fn driver(device: &Path) -> Option<String> {
+    link_name(&device.join("driver"))
+}
+
+fn link_name(link: &Path) -> Option<String> {
+    let target = std::fs::read_link(link).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fake /sys with PCI devices: (address, group, driver).
+    fn fake_sys(devices: &[(&str, u32, Option<&str>)]) -> tempdir::Dir {
+        let root = tempdir::Dir::new();
+        for (bdf, group, driver) in devices {
+            let dev = root.path().join("devices/pci0000:00").join(bdf);
+            std::fs::create_dir_all(&dev).unwrap();
+            let groups = root
+                .path()
+                .join("kernel/iommu_groups")
+                .join(group.to_string());
+            std::fs::create_dir_all(groups.join("devices")).unwrap();
+            symlink(&groups, dev.join("iommu_group")).unwrap();
+            symlink(&dev, groups.join("devices").join(bdf)).unwrap();
+            if let Some(driver) = driver {
+                let drv = root.path().join("bus/pci/drivers").join(driver);
+                std::fs::create_dir_all(&drv).unwrap();
+                symlink(&drv, dev.join("driver")).unwrap();
+            }
+            let link = root.path().join("bus/pci/devices");
+            std::fs::create_dir_all(&link).unwrap();
+            symlink(&dev, link.join(bdf)).unwrap();
+        }
+        root
+    }
+
+    /// A throwaway directory, removed on drop.
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "minivmm-sys-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir(path)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn pci(bdf: &str) -> GpuSpec {
+        bdf.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_parse_long_and_short() {
+        assert_eq!(pci("01:00.0"), GpuSpec::Pci("0000:01:00.0".into()));
+        assert_eq!(pci("0000:0A:1f.7"), GpuSpec::Pci("0000:0a:1f.7".into()));
+        for bad in [
+            "1:0.0",
+            "01:20.0",
+            "01:00.8",
+            "0000:01:00",
+            "gpu",
+            "00:00.0.0",
+            "",
+        ] {
+            assert!(bad.parse::<GpuSpec>().is_err(), "{bad}");
+        }
+        let mdev = "/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+        assert_eq!(mdev.parse(), Ok(GpuSpec::Mdev(mdev.into())));
+        assert!("/sys/bus/mdev/devices/nope".parse::<GpuSpec>().is_err());
+    }
+
+    #[test]
+    fn a_device_on_vfio_pci_alone_in_its_group_is_ready() {
+        let sys = fake_sys(&[("0000:00:03.0", 5, Some("vfio-pci"))]);
+        let device = check(sys.path(), &pci("00:03.0")).unwrap();
+        assert_eq!(device.group, 5);
+        assert_eq!(device.bdf(), Some("0000:00:03.0"));
+    }
+
+    #[test]
+    fn each_reason_to_refuse_names_the_fix() {
+        let sys = fake_sys(&[
+            ("0000:00:02.0", 3, Some("bochs-drm")),
+            ("0000:00:03.0", 4, None),
+            ("0000:00:04.0", 6, Some("vfio-pci")),
+            ("0000:00:04.1", 6, Some("snd_hda_intel")),
+            ("0000:00:05.0", 7, Some("vfio-pci")),
+            ("0000:00:05.1", 7, None),
+            ("0000:00:05.2", 7, Some("pcieport")),
+        ]);
+        let err = |bdf| check(sys.path(), &pci(bdf)).unwrap_err();
+        assert_eq!(err("00:09.0"), Error::NoDevice("0000:00:09.0".into()));
+        assert!(err("00:09.0").to_string().contains("lspci"));
+        assert_eq!(
+            err("00:02.0"),
+            Error::NotVfio("0000:00:02.0".into(), "bochs-drm".into())
+        );
+        assert!(err("00:02.0").to_string().contains("driver_override"));
+        assert_eq!(err("00:03.0"), Error::Unbound("0000:00:03.0".into()));
+        let not_viable = err("00:04.0");
+        assert!(matches!(not_viable, Error::NotViable { group: 6, .. }));
+        assert!(not_viable.to_string().contains("0000:00:04.1"));
+        assert!(not_viable.to_string().contains("snd_hda_intel"));
+        // Unbound members and PCIe ports keep a group viable.
+        assert!(check(sys.path(), &pci("00:05.0")).is_ok());
+    }
+
+    #[test]
+    fn no_iommu_group_means_the_iommu_is_off() {
+        let sys = fake_sys(&[("0000:00:03.0", 4, Some("vfio-pci"))]);
+        std::fs::remove_file(
+            sys.path()
+                .join("devices/pci0000:00/0000:00:03.0/iommu_group"),
+        )
+        .unwrap();
+        let e = check(sys.path(), &pci("00:03.0")).unwrap_err();
+        assert_eq!(e, Error::NoIommuGroup("0000:00:03.0".into()));
+        assert!(e.to_string().contains("intel_iommu=on"));
+    }
+
+    #[test]
+    fn the_same_device_twice_is_refused() {
+        let sys = fake_sys(&[("0000:00:03.0", 4, Some("vfio-pci"))]);
+        let specs = [pci("00:03.0"), pci("0000:00:03.0")];
+        assert_eq!(
+            check_all(sys.path(), &specs).unwrap_err(),
+            Error::Duplicate("0000:00:03.0".into())
+        );
+    }
+}
