@@ -193,3 +193,90 @@ fn bench_against_qemu_time_to_init_and_own_memory() {
         )
     });
 }
+
+#[test]
+#[ignore = "needs the nested lab: run tests/run"]
+fn passthrough_edu_and_vga_with_vfio() {
+    lab_test("passthrough", |run| {
+        let pt = run.section("passthrough")?;
+        let rc = pt.field("LAB:RESULT", "rc");
+        expect(rc == Some("0"), format!("minivmm exits 0, got rc={rc:?}"))?;
+        expect(pt.has("L2:POWEROFF"), "L2 powered off")?;
+        expect(
+            !pt.markers("L2:PCI 0000:00:01.0 0x1234 0x11e8").is_empty()
+                && !pt.markers("L2:PCI 0000:00:02.0 0x1234 0x1111").is_empty(),
+            "L2 sees edu at 00:01.0 and VGA at 00:02.0",
+        )?;
+        for (marker, what) in [
+            ("L2:EDU-ID 0x010000ED", "edu's ID register through BAR0"),
+            (
+                "L2:EDU-LIVENESS 0xEDCBA987",
+                "edu inverts the liveness value",
+            ),
+            ("L2:EDU-FACTORIAL 0x00000078", "edu computes 5! = 0x78"),
+            (
+                "L2:EDU-DMA 0xCAFE0001 0xBEEF0002",
+                "DMA RAM -> edu -> RAM through minivmm's IOMMU mapping",
+            ),
+            ("L2:VGA-FB readback=1", "framebuffer words read back"),
+        ] {
+            expect(pt.has(marker), format!("{what} ({marker})"))?;
+        }
+        let intx = pt.field("L2:EDU-INTX", "uio");
+        let proc_count = pt.field("L2:EDU-INTX", "proc");
+        expect(
+            intx == Some("3") && proc_count == Some("3"),
+            format!("3 INTx interrupts raised, 3 seen by uio and /proc/interrupts, got uio={intx:?} proc={proc_count:?}"),
+        )?;
+        for bdf in ["0000:00:01.0 at 00:01.0", "0000:00:02.0 at 00:02.0"] {
+            expect(
+                pt.has(&format!(
+                    "LAB:VMM   passthrough {bdf}: 0 trapped BAR accesses"
+                )),
+                format!("{bdf}: BAR accesses went through memory slots, no exit"),
+            )?;
+        }
+        expect(
+            pt.has("LAB:VMM irq 0000:00:01.0 INTx -> GSI 17 (irqfd with resample)"),
+            "--trace irq shows edu's INTx route",
+        )?;
+        // Clean errors, each one line that says what to do.
+        for (name, rc, says) in [
+            ("not-bound", "1", "vfio-pci"),
+            ("no-such-device", "1", "lspci"),
+            ("bad-address", "2", "not a PCI address"),
+            ("no-permission", "1", "no permission to open /dev/vfio/"),
+            ("in-use", "1", "in use"),
+            ("reopen-after-sigterm", "0", ""),
+        ] {
+            let line = run.field(&format!("LAB:BAD name={name} "), "rc");
+            expect(line == Some(rc), format!("{name}: rc={rc}, got {line:?}"))?;
+            let lines = run.field(&format!("LAB:BAD name={name} "), "lines");
+            let want_lines = if rc == "0" { "0" } else { "1" };
+            expect(
+                lines == Some(want_lines),
+                format!("{name}: {want_lines} stderr line(s), got {lines:?}"),
+            )?;
+            expect(
+                run.has(&format!(
+                    "LAB:BAD name={name} rc={rc} lines={want_lines} panic=0"
+                )),
+                format!("{name}: no panic"),
+            )?;
+            if !says.is_empty() {
+                expect(
+                    !run.markers(&format!("LAB:STDERR {name}: minivmm: "))
+                        .iter()
+                        .filter(|l| l.contains(says))
+                        .collect::<Vec<_>>()
+                        .is_empty(),
+                    format!("{name}: the message mentions `{says}`"),
+                )?;
+            }
+        }
+        expect(
+            run.field("LAB:RESULT holder", "rc") == Some("143"),
+            "the holder minivmm stops on SIGTERM with 143",
+        )
+    });
+}

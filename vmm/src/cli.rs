@@ -44,12 +44,38 @@ pub struct Args {
     /// functions of one host slot stay one multi-function device in the guest.
     #[arg(long, value_name = "DEVICE")]
     pub gpu: Vec<GpuSpec>,
+    /// Trace for research, on stderr: pci (every configuration access: function, offset,
+    /// width, value, register), bar (BAR maps and moves), irq (interrupt routes).
+    #[arg(long, value_name = "WHAT", value_delimiter = ',')]
+    pub trace: Vec<Trace>,
     /// On exit, print how many exits reached minivmm, by vCPU and by busiest address.
     #[arg(long)]
     pub exit_stats: bool,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// What `--trace` can show; each is a log target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Trace {
+    /// Configuration-space accesses.
+    Pci,
+    /// BAR mapping.
+    Bar,
+    /// Interrupt routing.
+    Irq,
+}
+
+impl Trace {
+    /// The log filter directive that turns it on.
+    pub fn directive(self) -> &'static str {
+        match self {
+            Trace::Pci => "pci=trace",
+            Trace::Bar => "bar=info",
+            Trace::Irq => "irq=info",
+        }
+    }
 }
 
 /// A command line that parsed but asks for something impossible.

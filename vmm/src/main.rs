@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use minivmm::cli::Args;
+use minivmm::cli::{Args, Trace};
 use minivmm::event_loop::Finish;
 use minivmm::vcpu::Outcome;
 use minivmm::vm::Vm;
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return usage_error(e),
     };
-    init_logging(args.verbose);
+    init_logging(args.verbose, &args.trace);
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -36,9 +36,11 @@ fn main() -> ExitCode {
         }
     };
     let counters = vm.counters.clone();
+    let attached = vm.attached();
     let finish = vm.run();
     if config.exit_stats {
         eprint!("{}", minivmm::exit_stats::report(&counters, EXIT_STATS_TOP));
+        eprint!("{}", minivmm::passthrough::report(&attached));
     }
     match finish {
         Ok(finish) => report(finish),
@@ -63,15 +65,32 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, trace: &[Trace]) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_target(false)
-        .format_timestamp_millis()
+    // vfio-ioctls warns about optional IRQ indexes a device lacks; only its errors count.
+    let mut filter = format!("{level},vfio_ioctls=error");
+    for t in trace {
+        filter = format!("{filter},{}", t.directive());
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format(|out, record| {
+            use std::io::Write;
+            // Trace lines carry their kind first ("pci 00:01.0 read ..."), for grep.
+            match record.target() {
+                target @ ("pci" | "bar" | "irq") => writeln!(out, "{target} {}", record.args()),
+                _ => writeln!(
+                    out,
+                    "[{} {}] {}",
+                    record.level(),
+                    record.target(),
+                    record.args()
+                ),
+            }
+        })
         .init();
 }
 

@@ -82,7 +82,7 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     coalesced: Option<Arc<CoalescedIo>>,
     /// Passed-through devices: released (DMA unmapped) before guest RAM goes.
-    _passthrough: Option<Passthrough>,
+    passthrough: Option<Passthrough>,
     _vm: Arc<VmFd>,
     _memory: GuestMemory,
     /// The guest's address map.
@@ -149,7 +149,7 @@ impl Vm {
         Ok(Vm {
             vcpus,
             coalesced,
-            _passthrough: passthrough,
+            passthrough,
             _vm: vm,
             _memory: memory,
             layout,
@@ -158,6 +158,14 @@ impl Vm {
             attach_stdin: config.serial == SerialMode::Stdio,
             counters,
         })
+    }
+
+    /// The passed-through devices (empty without `--gpu`).
+    pub fn attached(&self) -> Vec<passthrough::Attached> {
+        self.passthrough
+            .as_ref()
+            .map(|p| p.attached.clone())
+            .unwrap_or_default()
     }
 
     /// Run until the guest powers off, a vCPU fails, the user quits or a signal arrives.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{DevFn, PciFunction};
+use super::{register_name, DevFn, PciFunction};
 
 /// Errors placing a function on the root bus.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,7 +47,10 @@ impl PciRoot {
     /// Configuration read; absent functions and other buses read as all ones.
     pub fn config_read(&mut self, bus: u8, devfn: DevFn, offset: u16, data: &mut [u8]) {
         match self.function(bus, devfn) {
-            Some(function) => function.config_read(offset, data),
+            Some(function) => {
+                function.config_read(offset, data);
+                trace_access(devfn, "read ", offset, data);
+            }
             None => data.fill(0xff),
         }
     }
@@ -55,6 +58,7 @@ impl PciRoot {
     /// Configuration write; absent functions ignore it.
     pub fn config_write(&mut self, bus: u8, devfn: DevFn, offset: u16, data: &[u8]) {
         if let Some(function) = self.function(bus, devfn) {
+            trace_access(devfn, "write", offset, data);
             function.config_write(offset, data);
         }
     }
@@ -65,6 +69,25 @@ impl PciRoot {
         }
         self.functions.get_mut(&devfn)
     }
+}
+
+/// `--trace pci`: one line per access to a present function, greppable by field.
+fn trace_access(devfn: DevFn, direction: &str, offset: u16, data: &[u8]) {
+    if !log::log_enabled!(target: "pci", log::Level::Trace) {
+        return;
+    }
+    let mut value = [0u8; 4];
+    for (dst, src) in value.iter_mut().zip(data) {
+        *dst = *src;
+    }
+    log::trace!(
+        target: "pci",
+        "{devfn} {direction} off={offset:#05x} len={} val={:#0width$x} reg={}",
+        data.len(),
+        u32::from_le_bytes(value),
+        register_name(offset),
+        width = data.len() * 2 + 2
+    );
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub const L1_MODULES: &[&str] = &[
     "uio_pci_generic",
 ];
 
+/// Modules L2 loads to drive passed-through devices (INTx through uio).
+pub const L2_MODULES: &[&str] = &["uio", "uio_pci_generic"];
+
 /// Firmware QEMU reads to boot a Linux guest on q35 with -nodefaults (found by trying).
 const QEMU_FIRMWARE: &[&str] = &[
     "/usr/share/seabios/bios-256k.bin",

@@ -36,6 +36,8 @@ pub struct Lab {
     pub busybox: PathBuf,
     /// The minivmm binary copied into L1.
     pub minivmm: PathBuf,
+    /// The `run-as` helper (runs a program as an ordinary user in L1).
+    pub run_as: PathBuf,
 }
 
 /// How to run one scenario.
@@ -172,7 +174,15 @@ impl Lab {
                 minivmm.display()
             ));
         }
+        let run_as = minivmm.with_file_name("run-as");
+        if !run_as.is_file() {
+            return Err(format!(
+                "{} not found: run `cargo build --release -p minivmm-tests`",
+                run_as.display()
+            ));
+        }
         Ok(Lab {
+            run_as,
             dir,
             work,
             kernel_root,
@@ -221,9 +231,17 @@ impl Lab {
         })
     }
 
-    /// L2: busybox and `l2-init`.
+    /// L2: busybox, `l2-init`, and the modules its device tests load.
     fn l2_initramfs(&self, dest: &Path) -> Result<u64> {
-        image::busybox_tree(&self.busybox, &self.dir.join("l2-init"))?.write_gz(dest)
+        let mut tree = image::busybox_tree(&self.busybox, &self.dir.join("l2-init"))?;
+        image::add_modules(
+            &mut tree,
+            &self.kernel_root,
+            &self.kernel_version,
+            image::L2_MODULES,
+        )?;
+        tree.copy("l2-devices", &self.dir.join("l2-devices"))?;
+        tree.write_gz(dest)
     }
 
     /// L1: busybox, `l1-init`, modules, minivmm, the L2 images, the scenarios, maybe QEMU.
@@ -236,6 +254,7 @@ impl Lab {
             image::L1_MODULES,
         )?;
         image::add_dynamic(&mut tree, &self.minivmm, "usr/bin/minivmm")?;
+        image::add_dynamic(&mut tree, &self.run_as, "usr/bin/run-as")?;
         tree.copy("lab/l2/bzImage", &self.kernel)?;
         tree.copy("lab/l2/initrd.gz", l2_initramfs)?;
         tree.copy("lab/lab.sh", &self.dir.join("lab.sh"))?;

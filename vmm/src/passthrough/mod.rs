@@ -13,6 +13,7 @@ pub mod vfio_function;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,13 +53,31 @@ pub enum Error {
     Vm(String),
 }
 
-/// Where one passed-through device is, for reports and tests.
+/// Where one passed-through device is, and how often the guest's accesses to its BARs
+/// trapped (a BAR mapped as a memory slot never traps, except for MSI-X pages).
 #[derive(Clone, Debug)]
 pub struct Attached {
     /// The host device.
     pub name: String,
     /// Its guest address.
     pub devfn: DevFn,
+    /// Trapped BAR accesses so far.
+    pub trapped: Arc<AtomicU64>,
+}
+
+/// One line per device: where it is and how many BAR accesses trapped.
+pub fn report(attached: &[Attached]) -> String {
+    attached
+        .iter()
+        .map(|a| {
+            format!(
+                "  passthrough {} at {}: {} trapped BAR accesses\n",
+                a.name,
+                a.devfn,
+                a.trapped.load(Ordering::Relaxed)
+            )
+        })
+        .collect()
 }
 
 /// The passed-through devices of a VM; dropping it releases them.
@@ -129,9 +148,15 @@ pub fn attach(specs: &[GpuSpec], at: Attach<'_>) -> Result<Option<Passthrough>, 
             .add(devfn, Box::new(function.clone()))
             .map_err(|e| Error::Vm(e.to_string()))?;
         log::info!("{} is {devfn} in the guest", name_of(&device));
+        let trapped = function
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .host()
+            .trapped();
         passthrough.attached.push(Attached {
             name: name_of(&device),
             devfn,
+            trapped,
         });
         passthrough.functions.push(function);
     }

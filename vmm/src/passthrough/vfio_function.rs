@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use minivmm_devices::bus::{BusDevice, Effect};
@@ -85,6 +86,10 @@ pub struct VfioFunction {
     mapped: BTreeMap<u8, BarMapping>,
     msi: Option<(MsiKind, Vec<Vector>)>,
     intx: Option<Intx>,
+    /// Guest accesses that trapped to a BAR (the rest went straight to the device).
+    trapped: Arc<AtomicU64>,
+    /// Bytes of configuration space VFIO offers (256 or 4096).
+    config_size: u64,
 }
 
 impl std::fmt::Debug for VfioFunction {
@@ -99,6 +104,7 @@ impl VfioFunction {
     /// The host side of `device`, before its model exists.
     pub fn new(device: Arc<VfioDevice>, name: String, map: Arc<GuestMap>) -> Self {
         VfioFunction {
+            config_size: device.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX),
             device,
             name,
             map,
@@ -107,7 +113,13 @@ impl VfioFunction {
             mapped: BTreeMap::new(),
             msi: None,
             intx: None,
+            trapped: Arc::default(),
         }
+    }
+
+    /// The count of guest accesses that trapped to this function's BARs.
+    pub fn trapped(&self) -> Arc<AtomicU64> {
+        self.trapped.clone()
     }
 
     /// Tell the host side which model it serves (once the model is shared).
@@ -262,6 +274,7 @@ impl VfioFunction {
         let trap: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BarTrap {
             function: self.function.clone(),
             index: bar.index,
+            trapped: self.trapped.clone(),
         }));
         let bus = if io {
             &self.map.buses.pio
@@ -423,11 +436,20 @@ fn subtract(range: Range<u64>, holes: &[Range<u64>]) -> Vec<Range<u64>> {
 
 impl HostFunction for VfioFunction {
     fn read_config(&self, offset: u16, data: &mut [u8]) {
+        // A conventional PCI function has 256 bytes: its extended space reads as zeros,
+        // which ends the extended capability list at once.
+        if u64::from(offset) + data.len() as u64 > self.config_size {
+            data.fill(0);
+            return;
+        }
         self.device
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, data, u64::from(offset));
     }
 
     fn write_config(&self, offset: u16, data: &[u8]) {
+        if u64::from(offset) + data.len() as u64 > self.config_size {
+            return;
+        }
         self.device
             .region_write(VFIO_PCI_CONFIG_REGION_INDEX, data, u64::from(offset));
     }
@@ -493,10 +515,12 @@ impl HostFunction for VfioFunction {
 struct BarTrap {
     function: Weak<Mutex<PassthroughFunction<VfioFunction>>>,
     index: u8,
+    trapped: Arc<AtomicU64>,
 }
 
 impl BusDevice for BarTrap {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.trapped.fetch_add(1, Ordering::Relaxed);
         match self.function.upgrade() {
             Some(function) => function
                 .lock()
@@ -507,6 +531,7 @@ impl BusDevice for BarTrap {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<Effect> {
+        self.trapped.fetch_add(1, Ordering::Relaxed);
         if let Some(function) = self.function.upgrade() {
             function
                 .lock()

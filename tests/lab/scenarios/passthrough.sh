@@ -1,0 +1,80 @@
+# Passes L1's edu and VGA devices through to L2 with minivmm: binds them to vfio-pci, boots
+# L2 (whose l2-devices script drives them), and records minivmm's exit code, its exit
+# statistics and its --trace bar,irq lines. Then the clean-error cases: a device not on
+# vfio-pci, an address with no device, no permission on /dev/vfio/N, a device in use.
+. /lab/lab.sh
+set -o pipefail
+status=0
+
+# bind_vfio VENDOR DEVICE: move the first such function to vfio-pci; print its address.
+bind_vfio() {
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = "$1" ] && [ "$(cat "$d/device")" = "$2" ] || continue
+    bdf=${d##*/}
+    [ -e "$d/driver" ] && echo "$bdf" > "$d/driver/unbind"
+    echo vfio-pci > "$d/driver_override"
+    echo "$bdf" > /sys/bus/pci/drivers_probe
+    echo "$bdf"
+    return
+  done
+}
+
+edu=$(bind_vfio 0x1234 0x11e8)
+vga=$(bind_vfio 0x1234 0x1111)
+for d in $edu $vga; do
+  echo "LAB:BOUND $d driver=$(basename "$(readlink /sys/bus/pci/devices/$d/driver)") group=$(basename "$(readlink /sys/bus/pci/devices/$d/iommu_group)")"
+done
+
+echo "LAB:BEGIN passthrough"
+start=$(now_ms)
+timeout -s KILL "$VMM_TIMEOUT" minivmm --gpu "$edu" --gpu "$vga" \
+  --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+  --cmdline "$L2_CMDLINE l2.devices=1 memmap=1M\$0x8000000" --memory 256M \
+  --exit-stats --trace bar,irq </dev/null 2>/tmp/vmm.err | tee /tmp/l2.log
+rc=$?
+echo
+sed 's/^/LAB:VMM /' /tmp/vmm.err
+grep -q L2:POWEROFF /tmp/l2.log && l2=poweroff || l2=incomplete
+echo "LAB:RESULT passthrough rc=$rc l2=$l2 ms=$(( $(now_ms) - start ))"
+[ "$rc" = 0 ] && [ "$l2" = poweroff ] || status=1
+
+# Released: the devices are still on vfio-pci and their groups can be opened again.
+for d in $edu $vga; do
+  echo "LAB:AFTER $d driver=$(basename "$(readlink /sys/bus/pci/devices/$d/driver)")"
+done
+
+# bad NAME ARGS...: LAB:BAD name=NAME rc=RC lines=<stderr lines> panic=<0|1>, and the line.
+bad() {
+  name=$1
+  shift
+  timeout -s KILL 60 "$@" </dev/null >/tmp/bad.out 2>/tmp/bad.err
+  rc=$?
+  lines=$(grep -c '' /tmp/bad.err)
+  panic=0
+  grep -q panicked /tmp/bad.err && panic=1
+  echo "LAB:BAD name=$name rc=$rc lines=$lines panic=$panic"
+  head -n 3 /tmp/bad.err | sed "s/^/LAB:STDERR $name: /"
+}
+run="minivmm --kernel $L2_KERNEL --initramfs $L2_INITRD --memory 128M --serial none"
+
+# A device on its host driver: give VGA back to bochs-drm if the kernel has it, otherwise
+# use it unbound.
+echo "$vga" > "/sys/bus/pci/devices/$vga/driver/unbind"
+echo > "/sys/bus/pci/devices/$vga/driver_override"
+bad not-bound $run --gpu "$vga"
+bad no-such-device $run --gpu 0000:00:1e.7
+bad bad-address $run --gpu 00:99.0
+# No permission on /dev/vfio/N: an ordinary user who may use /dev/kvm.
+chmod 666 /dev/kvm
+bad no-permission run-as 1000 1000 $run --gpu "$edu"
+# In use: a second minivmm while the first holds the group.
+timeout -s KILL 120 $run --gpu "$edu" --cmdline "$L2_CMDLINE l2.hold=30" &
+holder=$!
+sleep 3
+bad in-use $run --gpu "$edu"
+kill "$holder" 2>/dev/null
+wait "$holder"
+echo "LAB:RESULT holder rc=$?"
+# Released after SIGTERM: the group opens again.
+bad reopen-after-sigterm $run --gpu "$edu" --cmdline "$L2_CMDLINE"
+exit $status
