@@ -207,6 +207,13 @@ fn passthrough_edu_and_vga_with_vfio() {
                 && !pt.markers("L2:PCI 0000:00:02.0 0x1234 0x1111").is_empty(),
             "L2 sees edu at 00:01.0 and VGA at 00:02.0",
         )?;
+        expect(
+            run.has("LAB:BOUND 0000:00:05.0 driver=vfio-pci group=3")
+                == run.has("LAB:BOUND 0000:00:05.1 driver=vfio-pci group=3")
+                && !pt.markers("L2:PCI 0000:00:03.0 0x1b36 0x0005").is_empty()
+                && !pt.markers("L2:PCI 0000:00:03.1 0x1b36 0x0005").is_empty(),
+            "both functions of the two-function device (one IOMMU group) are one slot in L2",
+        )?;
         for (marker, what) in [
             ("L2:EDU-ID 0x010000ED", "edu's ID register through BAR0"),
             (
@@ -247,6 +254,11 @@ fn passthrough_edu_and_vga_with_vfio() {
             ("bad-address", "2", "not a PCI address"),
             ("no-permission", "1", "no permission to open /dev/vfio/"),
             ("in-use", "1", "in use"),
+            (
+                "not-viable",
+                "1",
+                "0000:00:05.1 (in the same group as 0000:00:05.0) is bound to uio_pci_generic",
+            ),
             ("reopen-after-sigterm", "0", ""),
         ] {
             let line = run.field(&format!("LAB:BAD name={name} "), "rc");

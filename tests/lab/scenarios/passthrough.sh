@@ -19,15 +19,28 @@ bind_vfio() {
   done
 }
 
+# bind_bdf BDF: move that function to vfio-pci.
+bind_bdf() {
+  d=/sys/bus/pci/devices/$1
+  [ -e "$d/driver" ] && echo "$1" > "$d/driver/unbind"
+  echo vfio-pci > "$d/driver_override"
+  echo "$1" > /sys/bus/pci/drivers_probe
+}
+
 edu=$(bind_vfio 0x1234 0x11e8)
 vga=$(bind_vfio 0x1234 0x1111)
-for d in $edu $vga; do
+# The two functions of pci-testdev share an IOMMU group: both go, and stay one device.
+mf0=0000:00:05.0
+mf1=0000:00:05.1
+bind_bdf $mf0
+bind_bdf $mf1
+for d in $edu $vga $mf0 $mf1; do
   echo "LAB:BOUND $d driver=$(basename "$(readlink /sys/bus/pci/devices/$d/driver)") group=$(basename "$(readlink /sys/bus/pci/devices/$d/iommu_group)")"
 done
 
 echo "LAB:BEGIN passthrough"
 start=$(now_ms)
-timeout -s KILL "$VMM_TIMEOUT" minivmm --gpu "$edu" --gpu "$vga" \
+timeout -s KILL "$VMM_TIMEOUT" minivmm --gpu "$edu" --gpu "$vga" --gpu $mf0 --gpu 00:05.1 \
   --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
   --cmdline "$L2_CMDLINE l2.devices=1 memmap=1M\$0x8000000" --memory 256M \
   --exit-stats --trace bar,irq </dev/null 2>/tmp/vmm.err | tee /tmp/l2.log
@@ -72,6 +85,13 @@ timeout -s KILL 120 $run --gpu "$edu" --cmdline "$L2_CMDLINE l2.hold=30" &
 holder=$!
 sleep 3
 bad in-use $run --gpu "$edu"
+# A group is viable only when every member is on vfio-pci (or on no driver): put one
+# pci-testdev function on uio_pci_generic and ask for the other.
+echo "$mf1" > /sys/bus/pci/drivers/vfio-pci/unbind
+echo > /sys/bus/pci/devices/$mf1/driver_override
+echo "1b36 0005" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+echo "LAB:MF1 driver=$(basename "$(readlink /sys/bus/pci/devices/$mf1/driver)")"
+bad not-viable $run --gpu $mf0
 kill "$holder" 2>/dev/null
 wait "$holder"
 echo "LAB:RESULT holder rc=$?"

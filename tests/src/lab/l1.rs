@@ -13,7 +13,9 @@ use super::{Context, Result, RunOptions};
 const POLL: Duration = Duration::from_millis(100);
 
 /// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
-/// emulated IOMMU with interrupt remapping, and two PCI devices to pass through.
+/// emulated IOMMU with interrupt remapping, and PCI devices to pass through: edu, VGA, and
+/// a two-function pci-testdev at 05.0/05.1 (no ACS, so one IOMMU group, like a GPU and its
+/// HDMI audio).
 pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -32,6 +34,10 @@ pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Comma
         "edu",
         "-device",
         "VGA",
+        "-device",
+        "pci-testdev,addr=05.0,multifunction=on",
+        "-device",
+        "pci-testdev,addr=05.1",
     ])
     .arg("-kernel")
     .arg(kernel)
