@@ -231,6 +231,14 @@ fn passthrough_edu_and_vga_with_vfio() {
         ] {
             expect(pt.has(marker), format!("{what} ({marker})"))?;
         }
+        expect(
+            pt.has("L2:EDU-MSI raised=3 seen=3 proc=3 kind=PCI-MSI"),
+            "3 MSI interrupts raised, 3 seen by the guest driver as PCI-MSI",
+        )?;
+        expect(
+            pt.has("LAB:VMM irq 0000:00:01.0 Msi off"),
+            "--trace irq shows MSI turned off when the driver unloads",
+        )?;
         let intx = pt.field("L2:EDU-INTX", "uio");
         let proc_count = pt.field("L2:EDU-INTX", "proc");
         expect(

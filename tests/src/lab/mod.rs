@@ -36,6 +36,8 @@ pub struct Lab {
     pub busybox: PathBuf,
     /// The minivmm binary copied into L1.
     pub minivmm: PathBuf,
+    /// The L2 driver that proves MSI delivery (built by `prepare`).
+    pub edu_msi: PathBuf,
     /// The `run-as` helper (runs a program as an ordinary user in L1).
     pub run_as: PathBuf,
 }
@@ -149,7 +151,8 @@ impl Lab {
         let kernel_root = cache.join("kernel");
         let kernel = kernel_root.join(format!("boot/vmlinuz-{kernel_version}"));
         let busybox = cache.join("busybox/bin/busybox");
-        for needed in [&kernel, &busybox] {
+        let edu_msi = cache.join("edu-msi/edu_msi.ko");
+        for needed in [&kernel, &busybox, &edu_msi] {
             if !needed.is_file() {
                 return Err(format!(
                     "{} is missing: run tests/lab/prepare",
@@ -182,6 +185,7 @@ impl Lab {
             ));
         }
         Ok(Lab {
+            edu_msi,
             run_as,
             dir,
             work,
@@ -241,6 +245,7 @@ impl Lab {
             image::L2_MODULES,
         )?;
         tree.copy("l2-devices", &self.dir.join("l2-devices"))?;
+        tree.copy("lib/modules/edu_msi.ko", &self.edu_msi)?;
         tree.write_gz(dest)
     }
 
