@@ -17,3 +17,22 @@ now_ms() {
   cs=${up#*.}
   echo $(( ${up%.*} * 1000 + ${cs#0} * 10 ))
 }
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+  read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]
+}
+
+# wait_for FILE PATTERN PID DEADLINE_MS: polls every 20 ms; prints when PATTERN appeared (ms).
+wait_for() {
+  until grep -q "$2" "$1" 2>/dev/null; do
+    alive "$3" && [ "$(now_ms)" -lt "$4" ] || return 1
+    usleep 20000
+  done
+  now_ms
+}
+
+# ratio A B: A / B to three decimals, NA when either is missing.
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f\n", a / b }'
+}

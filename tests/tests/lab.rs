@@ -302,3 +302,27 @@ fn passthrough_edu_and_vga_with_vfio() {
         )
     });
 }
+
+#[test]
+#[ignore = "needs the nested lab: run tests/run"]
+fn bench_passthrough_against_qemu_time_to_usable_device() {
+    lab_test("passthrough-bench", |run| {
+        for mem in ["256M", "1G"] {
+            let field = |vmm: &str, key: &str| {
+                number(run, &format!("LAB:PTBENCH vmm={vmm} mem={mem} "), key)
+            };
+            let (q, m) = (field("qemu", "usable_ms")?, field("minivmm", "usable_ms")?);
+            let dma = field("minivmm", "dma_ms")?;
+            println!(
+                "passthrough bench {mem}: edu usable in L2  qemu {q} ms, minivmm {m} ms \
+                 (ratio {:.3}); minivmm DMA-mapped guest RAM in {dma} ms",
+                m / q
+            );
+            expect(
+                m <= q,
+                format!("{mem}: minivmm makes the device usable no later than QEMU"),
+            )?;
+        }
+        Ok(())
+    });
+}

@@ -23,20 +23,6 @@ start_minivmm() {
     --memory "${RAM_MB}M" --cpus 1 --serial stdio </dev/null >"$1" 2>"$1.err" &
 }
 
-# alive PID: the process exists and is not a zombie.
-alive() {
-  read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]
-}
-
-# wait_for FILE PATTERN PID DEADLINE_MS: polls every 20 ms; prints when PATTERN appeared (ms).
-wait_for() {
-  until grep -q "$2" "$1" 2>/dev/null; do
-    alive "$3" && [ "$(now_ms)" -lt "$4" ] || return 1
-    usleep 20000
-  done
-  now_ms
-}
-
 # own_mem PID: prints "OWN_KIB GUEST_KIB GUEST_MAPPINGS" by the rule above.
 own_mem() {
   awk -v ram=$((RAM_MB * 1024)) '
@@ -74,10 +60,6 @@ measure() {
   echo
   RESULT="vmm=$1 init_ms=$INIT_MS own_kib=$OWN_KIB guest_kib=$guest guest_maps=$maps rc=$rc"
   echo "LAB:TRY $RESULT"
-}
-
-ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f\n", a / b }'
 }
 
 # measure_settled NAME: measure; when the guest never reached L2:INIT (the nested lab flakes

@@ -1,0 +1,60 @@
+# lab-needs: qemu
+# The passthrough benchmark against QEMU, one run in one L1: edu on vfio-pci, the same L2
+# kernel and initramfs, at 256M and at 1G of guest RAM. For each VMM and size: the time
+# from starting the VMM to L2 having used the device (the L2:EDU-ID marker: ID register
+# read through BAR0), with guest RAM DMA-mapped before that. minivmm also reports its own
+# DMA-map time (its -v log); QEMU's is not visible from outside without tracing every ioctl.
+. /lab/lab.sh
+VMM_TIMEOUT=90
+CMDLINE="$L2_CMDLINE l2.devices=1 memmap=1M\$0x8000000"
+
+d=$(for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && echo "$d"; done)
+edu=${d##*/}
+echo vfio-pci > "$d/driver_override"
+echo "$edu" > /sys/bus/pci/drivers_probe
+echo "LAB:BOUND $edu driver=$(basename "$(readlink "$d/driver")")"
+
+start_qemu() {
+  qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m "$2" -smp 1 -nodefaults \
+    -display none -monitor none -no-reboot -serial "file:$1" \
+    -device vfio-pci,host="$edu" \
+    -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$CMDLINE" </dev/null >"$1.err" 2>&1 &
+}
+
+start_minivmm() {
+  minivmm -v --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
+    --memory "$2" --serial stdio </dev/null >"$1" 2>"$1.err" &
+}
+
+# measure NAME SIZE: LAB:PTBENCH vmm=NAME mem=SIZE usable_ms=N [dma_ms=N]
+measure() {
+  log=/tmp/$1-$2.console
+  : > "$log"
+  t0=$(now_ms)
+  "start_$1" "$log" "$2"
+  pid=$!
+  usable=NA
+  if t1=$(wait_for "$log" L2:EDU-ID "$pid" $((t0 + VMM_TIMEOUT * 1000))); then
+    usable=$((t1 - t0))
+  fi
+  kill "$pid" 2>/dev/null
+  wait "$pid"
+  grep -a "L2:EDU-ID" "$log" | head -n 1 | sed "s/^/[$1 $2] /"
+  dma=$(sed -n 's/.*DMA-mapped [0-9]* MiB of guest RAM in \([0-9.]*\) ms.*/\1/p' "$log.err")
+  echo "LAB:PTBENCH vmm=$1 mem=$2 usable_ms=$usable dma_ms=${dma:-NA}"
+  USABLE=$usable
+}
+
+status=0
+for mem in 256M 1G; do
+  measure qemu $mem
+  q=$USABLE
+  [ "$q" = NA ] && { echo "LAB:FLAKE qemu $mem; once more"; measure qemu $mem; q=$USABLE; }
+  measure minivmm $mem
+  m=$USABLE
+  [ "$m" = NA ] && { echo "LAB:FLAKE minivmm $mem; once more"; measure minivmm $mem; m=$USABLE; }
+  echo "LAB:PTBENCH mem=$mem ratio_usable=$(ratio "$m" "$q")"
+  [ "$q" != NA ] && [ "$m" != NA ] || status=1
+done
+exit $status
