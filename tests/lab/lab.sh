@@ -36,3 +36,17 @@ wait_for() {
 ratio() {
   awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f\n", a / b }'
 }
+
+# bad NAME COMMAND...: runs a command that must fail cleanly (bounded, stdin empty) and
+# prints LAB:BAD name=NAME rc=RC lines=<stderr lines> panic=<0|1>, then its first lines.
+bad() {
+  name=$1
+  shift
+  timeout -s KILL 60 "$@" </dev/null >/tmp/bad.out 2>/tmp/bad.err
+  rc=$?
+  lines=$(grep -c '' /tmp/bad.err)
+  panic=0
+  grep -q panicked /tmp/bad.err && panic=1
+  echo "LAB:BAD name=$name rc=$rc lines=$lines panic=$panic"
+  head -n 3 /tmp/bad.err | sed "s/^/LAB:STDERR $name: /"
+}

@@ -2,8 +2,9 @@
 # The passthrough benchmark against QEMU, one run in one L1: edu on vfio-pci, the same L2
 # kernel and initramfs, at 256M and at 1G of guest RAM. For each VMM and size: the time
 # from starting the VMM to L2 having used the device (the L2:EDU-ID marker: ID register
-# read through BAR0), with guest RAM DMA-mapped before that. minivmm also reports its own
-# DMA-map time (its -v log); QEMU's is not visible from outside without tracing every ioctl.
+# read through BAR0), with guest RAM DMA-mapped before that. Then each VMM once more under
+# strace, only to time its VFIO_IOMMU_MAP_DMA ioctls (the same measure for both; the run is
+# stopped once the guest starts).
 . /lab/lab.sh
 VMM_TIMEOUT=90
 CMDLINE="$L2_CMDLINE l2.devices=1 memmap=1M\$0x8000000"
@@ -15,15 +16,18 @@ echo vfio-pci > "$d/driver_override"
 echo "$edu" > /sys/bus/pci/drivers_probe
 echo "LAB:BOUND $edu driver=$(basename "$(readlink "$d/driver")")"
 
+# Set to a strace command line to trace the next VMM started.
+TRACE=
+
 start_qemu() {
-  qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m "$2" -smp 1 -nodefaults \
+  $TRACE qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m "$2" -smp 1 -nodefaults \
     -display none -monitor none -no-reboot -serial "file:$1" \
     -device vfio-pci,host="$edu" \
     -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$CMDLINE" </dev/null >"$1.err" 2>&1 &
 }
 
 start_minivmm() {
-  minivmm -v --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
+  $TRACE minivmm -v --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
     --memory "$2" --serial stdio </dev/null >"$1" 2>"$1.err" &
 }
 
@@ -46,6 +50,24 @@ measure() {
   USABLE=$usable
 }
 
+# dma_time NAME SIZE: LAB:PTDMA vmm=NAME mem=SIZE map_ms=N calls=N, from strace -T.
+dma_time() {
+  log=/tmp/$1-$2.traced
+  : > "$log"
+  TRACE="strace -f -T -e trace=ioctl -o /tmp/$1-$2.strace"
+  "start_$1" "$log" "$2"
+  tracer=$!
+  TRACE=
+  # Both map all of guest RAM before the guest runs: its first console byte means done.
+  wait_for "$log" . "$tracer" $(( $(now_ms) + VMM_TIMEOUT * 1000 )) >/dev/null
+  for child in $(cat /proc/$tracer/task/*/children 2>/dev/null); do kill -9 "$child"; done
+  wait "$tracer"
+  set -- "$1" "$2" $(awk '/VFIO_IOMMU_MAP_DMA|_IOC\(_IOC_NONE, 0x3b, 0x71/ {
+      t = $NF; gsub(/[<>]/, "", t); s += t; n++ }
+    END { printf "%.1f %d\n", s * 1000, n }' "/tmp/$1-$2.strace")
+  echo "LAB:PTDMA vmm=$1 mem=$2 map_ms=$3 calls=$4"
+}
+
 status=0
 for mem in 256M 1G; do
   measure qemu $mem
@@ -55,6 +77,8 @@ for mem in 256M 1G; do
   m=$USABLE
   [ "$m" = NA ] && { echo "LAB:FLAKE minivmm $mem; once more"; measure minivmm $mem; m=$USABLE; }
   echo "LAB:PTBENCH mem=$mem ratio_usable=$(ratio "$m" "$q")"
+  dma_time qemu $mem
+  dma_time minivmm $mem
   [ "$q" != NA ] && [ "$m" != NA ] || status=1
 done
 exit $status

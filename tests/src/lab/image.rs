@@ -17,10 +17,12 @@ pub const L1_MODULES: &[&str] = &[
     "vfio_iommu_type1",
     "uio",
     "uio_pci_generic",
+    "mdev",
 ];
 
-/// Modules L2 loads to drive passed-through devices (INTx through uio).
-pub const L2_MODULES: &[&str] = &["uio", "uio_pci_generic"];
+/// Modules L2 loads to drive passed-through devices (INTx through uio, MSI-X through
+/// virtio-rng).
+pub const L2_MODULES: &[&str] = &["uio", "uio_pci_generic", "virtio_pci", "virtio_rng"];
 
 /// Firmware QEMU reads to boot a Linux guest on q35 with -nodefaults (found by trying).
 const QEMU_FIRMWARE: &[&str] = &[
@@ -132,7 +134,7 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// Adds the host's qemu-system-x86_64, its libraries and the firmware it reads.
+/// Adds the host's qemu-system-x86_64, its libraries and the firmware it reads, and strace.
 pub fn add_qemu(tree: &mut Tree) -> Result<()> {
     let qemu = find_in_path("qemu-system-x86_64")
         .context(|| "qemu-system-x86_64 is not installed (run tests/lab/prepare)".to_string())?;
@@ -140,7 +142,10 @@ pub fn add_qemu(tree: &mut Tree) -> Result<()> {
     for firmware in QEMU_FIRMWARE {
         tree.copy_same(Path::new(firmware))?;
     }
-    Ok(())
+    // strace times the VMMs' DMA-map ioctls in the passthrough benchmark.
+    let strace = find_in_path("strace")
+        .context(|| "strace is not installed (run tests/lab/prepare)".to_string())?;
+    add_dynamic(tree, &strace, "usr/bin/strace")
 }
 
 pub fn find_in_path(name: &str) -> Option<PathBuf> {

@@ -38,6 +38,8 @@ pub struct Lab {
     pub minivmm: PathBuf,
     /// The L2 driver that proves MSI delivery (built by `prepare`).
     pub edu_msi: PathBuf,
+    /// The kernel's sample mediated display device (built by `prepare`).
+    pub mbochs: PathBuf,
     /// The `run-as` helper (runs a program as an ordinary user in L1).
     pub run_as: PathBuf,
 }
@@ -152,7 +154,8 @@ impl Lab {
         let kernel = kernel_root.join(format!("boot/vmlinuz-{kernel_version}"));
         let busybox = cache.join("busybox/bin/busybox");
         let edu_msi = cache.join("edu-msi/edu_msi.ko");
-        for needed in [&kernel, &busybox, &edu_msi] {
+        let mbochs = cache.join("mbochs/mbochs.ko");
+        for needed in [&kernel, &busybox, &edu_msi, &mbochs] {
             if !needed.is_file() {
                 return Err(format!(
                     "{} is missing: run tests/lab/prepare",
@@ -186,6 +189,7 @@ impl Lab {
         }
         Ok(Lab {
             edu_msi,
+            mbochs,
             run_as,
             dir,
             work,
@@ -260,6 +264,7 @@ impl Lab {
         )?;
         image::add_dynamic(&mut tree, &self.minivmm, "usr/bin/minivmm")?;
         image::add_dynamic(&mut tree, &self.run_as, "usr/bin/run-as")?;
+        tree.copy("lab/mbochs.ko", &self.mbochs)?;
         tree.copy("lab/l2/bzImage", &self.kernel)?;
         tree.copy("lab/l2/initrd.gz", l2_initramfs)?;
         tree.copy("lab/lab.sh", &self.dir.join("lab.sh"))?;
