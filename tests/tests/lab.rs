@@ -283,6 +283,21 @@ fn passthrough_edu_and_vga_with_vfio() {
                 && mdev.has("L2:VGA-FB readback=1"),
             "mdev: L2 sees the mediated display and its framebuffer reads back",
         )?;
+        let traced = mdev
+            .field("LAB:TRACE-PCI", "lines")
+            .and_then(|n| n.parse::<u64>().ok());
+        expect(
+            traced.is_some_and(|n| n > 0)
+                && !mdev
+                    .markers("LAB:TRACE pci 00:01.0 write off=0x004 len=2 val=")
+                    .iter()
+                    .filter(|l| l.ends_with(" reg=COMMAND"))
+                    .collect::<Vec<_>>()
+                    .is_empty(),
+            format!(
+                "--trace pci logs configuration accesses with register names, got {traced:?} lines"
+            ),
+        )?;
         // Clean errors, each one line that says what to do.
         for (name, rc, says) in [
             ("not-bound", "1", "vfio-pci"),

@@ -137,7 +137,9 @@ impl<H: HostFunction> PassthroughFunction<H> {
         };
         function.emulate(reg::INTERRUPT, (interrupt & !0xff) | line, 0xff);
         function.virtualize_msi(&config)?;
-        function.hide_extended(&config, ext_id::RESIZABLE_BAR);
+        // Resizable BAR would resize a BAR behind the guest map; SR-IOV would create host
+        // functions from inside the guest.
+        function.hide_extended(&config, &[ext_id::RESIZABLE_BAR, ext_id::SRIOV]);
         Ok(function)
     }
 
@@ -307,21 +309,33 @@ impl<H: HostFunction> PassthroughFunction<H> {
         }
     }
 
-    /// Unlink every extended capability with id `hidden` from the guest's list.
-    fn hide_extended(&mut self, config: &[u8], hidden: u16) {
+    /// Unlink every extended capability whose id is in `hidden` from the guest's list: each
+    /// kept capability (or a null one at 0x100, where the list must start) points past them.
+    fn hide_extended(&mut self, config: &[u8], hidden: &[u16]) {
         let caps = capability::extended(config);
-        for (i, cap) in caps.iter().enumerate() {
-            if cap.id != hidden {
+        if !caps.iter().any(|c| hidden.contains(&c.id)) {
+            return;
+        }
+        let kept: Vec<_> = caps.iter().filter(|c| !hidden.contains(&c.id)).collect();
+        let first_hidden = caps.first().is_some_and(|c| hidden.contains(&c.id));
+        // The headers that stay, each with its next pointer set to the next kept one.
+        let mut links: Vec<(u16, u32)> = Vec::new();
+        if first_hidden {
+            links.push((0x100, 0));
+        }
+        for cap in &kept {
+            links.push((
+                cap.offset,
+                dword(config, usize::from(cap.offset)) & 0x000f_ffff,
+            ));
+        }
+        for i in 0..links.len() {
+            let Some(&(offset, header)) = links.get(i) else {
                 continue;
-            }
-            let offset = usize::from(cap.offset);
-            let next = dword(config, offset) & 0xfff0_0000;
-            if i == 0 {
-                // The list must start at 0x100: leave a null capability pointing on.
-                self.emulate(cap.offset, next, 0);
-            } else if let Some(previous) = caps.get(i - 1) {
-                let header = dword(config, usize::from(previous.offset)) & 0x000f_ffff;
-                self.emulate(previous.offset, header | next, 0);
+            };
+            let next = links.get(i + 1).map_or(0, |l| u32::from(l.0) << 20);
+            if dword(config, usize::from(offset)) != header | next {
+                self.emulate(offset, header | next, 0);
             }
         }
     }
@@ -711,6 +725,23 @@ mod tests {
             .map(|c| c.id)
             .collect();
         assert_eq!(ids, vec![ext_id::AER, 0x000b]);
+    }
+
+    #[test]
+    fn sr_iov_is_hidden_too_wherever_it_sits() {
+        let host = radeon();
+        {
+            let mut config = host.config.lock().unwrap();
+            put(&mut config, 0x100, 0x1601_0010); // SR-IOV, next 0x160
+            put(&mut config, 0x160, 0x1501_0001); // AER, next 0x150
+            put(&mut config, 0x150, 0x2001_0015); // Resizable BAR, next 0x200
+        }
+        let mut function = PassthroughFunction::new(host, &mut windows(), 16).unwrap();
+        let ids: Vec<u16> = capability::extended(&guest_view(&mut function))
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, vec![0, ext_id::AER, 0x000b]);
     }
 
     #[test]

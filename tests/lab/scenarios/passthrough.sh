@@ -64,10 +64,13 @@ echo "$uuid" > "$type/create"
 echo "LAB:MDEV type=${type##*/} group=$(basename "$(readlink /sys/bus/mdev/devices/$uuid/iommu_group)")"
 timeout -s KILL "$VMM_TIMEOUT" minivmm --gpu "/sys/bus/mdev/devices/$uuid" \
   --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$L2_CMDLINE l2.devices=1" \
-  --memory 256M --exit-stats --trace bar </dev/null 2>/tmp/vmm.err | tee /tmp/l2.log
+  --memory 256M --exit-stats --trace pci,bar </dev/null 2>/tmp/vmm.err | tee /tmp/l2.log
 rc=$?
 echo
-sed 's/^/LAB:VMM /' /tmp/vmm.err
+# --trace pci writes a line per configuration access: count them, show a few.
+grep -v '^pci ' /tmp/vmm.err | sed 's/^/LAB:VMM /'
+echo "LAB:TRACE-PCI lines=$(grep -c '^pci ' /tmp/vmm.err)"
+grep '^pci 00:01.0 write .*reg=COMMAND' /tmp/vmm.err | head -n 2 | sed 's/^/LAB:TRACE /'
 echo "LAB:RESULT mdev rc=$rc"
 [ "$rc" = 0 ] || status=1
 echo 1 > "/sys/bus/mdev/devices/$uuid/remove"

@@ -20,6 +20,22 @@ const RESERVED: [(u64, u64, &str); 2] = [
     (0xfec0_0000, 0x0040_0000, "the IOAPIC/LAPIC"),
 ];
 
+fn check_free(ram: &[Range<u64>], base: u64, size: u64) -> Result<(), String> {
+    let end = base
+        .checked_add(size)
+        .ok_or_else(|| format!("{base:#x}+{size:#x} wraps around"))?;
+    let overlaps = |r: &Range<u64>| base < r.end && r.start < end;
+    if ram.iter().any(overlaps) {
+        return Err(format!("{base:#x}+{size:#x} overlaps guest RAM"));
+    }
+    for (start, len, what) in RESERVED {
+        if overlaps(&(start..start + len)) {
+            return Err(format!("{base:#x}+{size:#x} overlaps {what}"));
+        }
+    }
+    Ok(())
+}
+
 /// KVM memory slots above the RAM slots, reused when freed.
 #[derive(Debug)]
 struct SlotPool {
@@ -67,21 +83,10 @@ impl GuestMap {
         self.router.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refuse a BAR at `base..base + size` that would cover RAM or a fixed device.
+    /// Refuse a BAR at `base..base + size` that would cover RAM or a fixed device (other
+    /// BARs and ECAM are refused by the MMIO bus, where each mapped BAR has its trap).
     pub fn check_free(&self, base: u64, size: u64) -> Result<(), String> {
-        let end = base
-            .checked_add(size)
-            .ok_or_else(|| format!("{base:#x}+{size:#x} wraps around"))?;
-        let overlaps = |r: &Range<u64>| base < r.end && r.start < end;
-        if self.ram.iter().any(overlaps) {
-            return Err(format!("{base:#x}+{size:#x} overlaps guest RAM"));
-        }
-        for (start, len, what) in RESERVED {
-            if overlaps(&(start..start + len)) {
-                return Err(format!("{base:#x}+{size:#x} overlaps {what}"));
-            }
-        }
-        Ok(())
+        check_free(&self.ram, base, size)
     }
 
     /// Map `len` bytes of host memory at `host` into the guest at `guest` as a new slot.
@@ -134,5 +139,23 @@ impl GuestMap {
             .unwrap_or_else(|e| e.into_inner())
             .free
             .push(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_over_ram_ecam_or_the_apics_are_refused() {
+        let ram = [0..0xc000_0000, 0x1_0000_0000..0x1_4000_0000];
+        assert!(check_free(&ram, 0xc000_0000, 0x100_0000).is_ok());
+        assert!(check_free(&ram, 0x1_4000_0000, 1 << 30).is_ok());
+        let refused = |base, size| check_free(&ram, base, size).unwrap_err();
+        assert!(refused(0xbfff_f000, 0x2000).contains("guest RAM"));
+        assert!(refused(0x1_0000_0000, 0x1000).contains("guest RAM"));
+        assert!(refused(0xe000_0000, 0x1000).contains("ECAM"));
+        assert!(refused(0xfee0_0000, 0x1000).contains("APIC"));
+        assert!(refused(u64::MAX - 0xfff, 0x2000).contains("wraps"));
     }
 }
