@@ -38,6 +38,8 @@ pub struct BootParamsConfig<'a> {
     pub e820: &'a [E820Entry],
     /// Guest address of the ACPI RSDP (boot protocol 2.14 field; the kernel also scans for it).
     pub rsdp_addr: u64,
+    /// Guest address of the first `setup_data` record, 0 for none.
+    pub setup_data: u64,
 }
 
 /// Fill in a zero page.
@@ -67,6 +69,7 @@ pub fn build(config: &BootParamsConfig) -> Result<boot_params, Error> {
     }
     params.e820_entries = config.e820.len() as u8;
     params.acpi_rsdp_addr = config.rsdp_addr;
+    params.hdr.setup_data = config.setup_data;
     Ok(params)
 }
 
@@ -94,6 +97,7 @@ mod tests {
             initramfs: Some((0x0f00_0000, 0x1234)),
             e820,
             rsdp_addr: 0xe_0000,
+            setup_data: 0x3_0000,
         }
     }
 
@@ -108,6 +112,7 @@ mod tests {
         assert_eq!(params.hdr.type_of_loader, 0xff);
         assert_eq!({ params.hdr.header }, HDR_MAGIC);
         assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
+        assert_eq!({ params.hdr.setup_data }, 0x3_0000);
         assert_eq!(params.e820_entries as usize, e820.len());
         let last = params.e820_table[e820.len() - 1];
         assert_eq!({ last.addr }, 0xe000_0000);
@@ -129,6 +134,8 @@ mod tests {
         };
         assert_eq!(bytes.len(), 4096);
         assert_eq!(bytes[0x1e8] as usize, e820.len());
+        // hdr.setup_data at 0x250.
+        assert_eq!(&bytes[0x250..0x258], &0x3_0000u64.to_le_bytes());
         assert_eq!(&bytes[0x202..0x206], b"HdrS");
         assert_eq!(&bytes[0x070..0x078], &0xe_0000u64.to_le_bytes());
         assert_eq!(&bytes[0x228..0x22c], &0x2_0000u32.to_le_bytes());

@@ -40,11 +40,25 @@ impl E820Entry {
 /// 1 MiB to the hole, ECAM reserved (Linux only trusts MCFG when e820 reserves it), and RAM
 /// above 4 GiB.
 pub fn e820_map(guest: &GuestLayout) -> Vec<E820Entry> {
+    e820_map_reserving(guest, 0)
+}
+
+/// [`e820_map`] with the first `reserved` bytes (rounded up to pages) of the firmware-data
+/// area reserved: they hold a VFCT table the kernel must not reuse as RAM.
+pub fn e820_map_reserving(guest: &GuestLayout, reserved: u64) -> Vec<E820Entry> {
     let low_end = guest.low_ram_end();
-    let mut map = vec![E820Entry::ram(
-        layout::LOW_RAM_START,
-        layout::EBDA_START.min(low_end),
-    )];
+    let low_ram_end = layout::EBDA_START.min(low_end);
+    let reserved = reserved.next_multiple_of(0x1000);
+    let mut map = if reserved == 0 {
+        vec![E820Entry::ram(layout::LOW_RAM_START, low_ram_end)]
+    } else {
+        let end = layout::FIRMWARE_DATA_START + reserved;
+        vec![
+            E820Entry::ram(layout::LOW_RAM_START, layout::FIRMWARE_DATA_START),
+            E820Entry::reserved(layout::FIRMWARE_DATA_START, reserved),
+            E820Entry::ram(end, low_ram_end),
+        ]
+    };
     map.push(E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE));
     if low_end > layout::HIGH_RAM_START {
         map.push(E820Entry::ram(layout::HIGH_RAM_START, low_end));
@@ -66,6 +80,21 @@ pub fn e820_map(guest: &GuestLayout) -> Vec<E820Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vfct_table_is_carved_out_of_low_ram() {
+        let guest = GuestLayout::new(256 << 20).unwrap();
+        let map = e820_map_reserving(&guest, 0x1_0010);
+        assert_eq!(
+            &map[..3],
+            &[
+                E820Entry::ram(0, 0x3_0000),
+                E820Entry::reserved(0x3_0000, 0x1_1000),
+                E820Entry::ram(0x4_1000, 0x9_fc00),
+            ]
+        );
+        assert_eq!(&map[3..], &e820_map(&guest)[1..]);
+    }
 
     #[test]
     fn small_guest_map() {

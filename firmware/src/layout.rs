@@ -47,6 +47,11 @@ pub const CMDLINE_MAX_SIZE: u64 = 0x1_0000;
 
 /// ACPI tables live in the BIOS area, where the kernel scans for the RSDP.
 pub const ACPI_START: u64 = 0xe_0000;
+/// Firmware data handed to the kernel besides ACPI's fixed tables: a VFCT table (reserved in
+/// e820) and SETUP_PCI records (RAM the kernel keeps), packed from here.
+pub const FIRMWARE_DATA_START: u64 = 0x3_0000;
+/// End of the firmware-data area (below the EBDA).
+pub const FIRMWARE_DATA_END: u64 = 0x9_f000;
 /// Size of the ACPI area (to the end of the first MiB).
 pub const ACPI_SIZE: u64 = 0x2_0000;
 
@@ -110,6 +115,8 @@ const _: () = assert!(ZERO_PAGE_START < PML4_START);
 const _: () = assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
 const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
 const _: () = assert!(ACPI_START + ACPI_SIZE <= HIGH_RAM_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= FIRMWARE_DATA_START);
+const _: () = assert!(FIRMWARE_DATA_END <= EBDA_START);
 const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
 

@@ -12,3 +12,5 @@ pub mod acpi;
 pub mod boot_params;
 pub mod e820;
 pub mod layout;
+pub mod option_rom;
+pub mod setup_data;

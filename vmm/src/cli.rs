@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{parse_size, SerialMode, VmConfig, DEFAULT_CMDLINE, MAX_MEMORY};
-use crate::passthrough::GpuSpec;
+use crate::passthrough::GpuArg;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -14,16 +14,28 @@ Examples:
   minivmm --kernel vmlinux --cmdline 'console=ttyS0 root=/dev/ram0' --serial file:console.log
   minivmm --gpu 0000:01:00.0 --gpu 0000:01:00.1 --kernel bzImage --initramfs initrd.img
   minivmm --gpu /sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 --kernel bzImage
+  minivmm --gpu 01:00.0,rom=vbios.rom --kernel bzImage --initramfs initrd.img
 
-At the console, Ctrl-A x quits and Ctrl-A Ctrl-A sends a Ctrl-A to the guest.";
+At the console, Ctrl-A x quits and Ctrl-A Ctrl-A sends a Ctrl-A to the guest.
+
+VBIOS images: minivmm rom info FILE | rom dump BDF -o FILE | rom extract [--device BDF] -o FILE";
 
 /// minivmm: boot a Linux kernel in a KVM virtual machine.
 #[derive(Debug, Parser)]
-#[command(name = "minivmm", version, after_help = EXAMPLES)]
+#[command(
+    name = "minivmm",
+    version,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Args {
+    /// A tool instead of a VM.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Kernel to boot: a bzImage or an ELF vmlinux.
-    #[arg(long, value_name = "FILE")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    pub kernel: Option<PathBuf>,
     /// Initial RAM filesystem (cpio, optionally compressed).
     #[arg(long, value_name = "FILE")]
     pub initramfs: Option<PathBuf>,
@@ -41,9 +53,11 @@ pub struct Args {
     pub serial: SerialMode,
     /// Pass a host device through with VFIO: a PCI address (0000:01:00.0 or 01:00.0)
     /// bound to vfio-pci, or a mediated device's sysfs path. Repeat for more devices; the
-    /// functions of one host slot stay one multi-function device in the guest.
-    #[arg(long, value_name = "DEVICE")]
-    pub gpu: Vec<GpuSpec>,
+    /// functions of one host slot stay one multi-function device in the guest. Options
+    /// after commas: rom=FILE (the VBIOS to serve), rombar=off, vbios=rombar+vfct+setup
+    /// (where the guest finds the image; all three by default with rom=), romcheck=off.
+    #[arg(long, value_name = "DEVICE[,OPTIONS]")]
+    pub gpu: Vec<GpuArg>,
     /// Trace for research, on stderr: pci (every configuration access: function, offset,
     /// width, value, register), bar (BAR maps and moves), irq (interrupt routes).
     #[arg(long, value_name = "WHAT", value_delimiter = ',')]
@@ -54,6 +68,42 @@ pub struct Args {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The tools besides running a VM.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// VBIOS images: inspect one, dump a device's ROM, extract one from ACPI VFCT.
+    #[command(subcommand)]
+    Rom(RomCommand),
+}
+
+/// `minivmm rom ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RomCommand {
+    /// Describe an option ROM image: each image of the chain, code type, IDs, class, size,
+    /// checksum, vendor marks (ATOMBIOS, NVIDIA, ...).
+    Info {
+        /// The image file.
+        file: PathBuf,
+    },
+    /// Read a device's ROM through sysfs (enabled for the read, then disabled) into a file.
+    Dump {
+        /// The device: 0000:01:00.0 or 01:00.0.
+        device: String,
+        /// Where to write the image.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Take a VBIOS out of the host's ACPI VFCT table (where laptop AMD GPUs keep it).
+    Extract {
+        /// The device whose image to take (default: the first in the table).
+        #[arg(long, value_name = "BDF")]
+        device: Option<String>,
+        /// Where to write the image.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 /// What `--trace` can show; each is a log target.
@@ -90,6 +140,9 @@ pub enum Error {
     /// `--cpus 0`.
     #[error("--cpus must be at least 1")]
     NoCpus,
+    /// No `--kernel` (clap normally says so first).
+    #[error("--kernel is required")]
+    NoKernel,
 }
 
 impl Args {
@@ -105,7 +158,7 @@ impl Args {
             return Err(Error::NoCpus);
         }
         Ok(VmConfig {
-            kernel: self.kernel,
+            kernel: self.kernel.ok_or(Error::NoKernel)?,
             initramfs: self.initramfs,
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
             memory: self.memory,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::passthrough::GpuSpec;
+use crate::passthrough::GpuArg;
 
 /// Largest guest minivmm lays out: RAM above 4 GiB plus the 64-bit PCI window must stay
 /// inside a 46-bit physical address space (the smallest any current x86 host offers KVM).
@@ -52,7 +52,7 @@ pub struct VmConfig {
     /// Count exits by address and print the busiest when the VM ends.
     pub exit_stats: bool,
     /// Host devices to pass through.
-    pub gpus: Vec<GpuSpec>,
+    pub gpus: Vec<GpuArg>,
 }
 
 /// The command line used when none is given: the console on COM1, and a kernel panic ends

@@ -18,6 +18,7 @@ pub mod exit_stats;
 pub mod loader;
 pub mod memory;
 pub mod passthrough;
+pub mod rom_tool;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

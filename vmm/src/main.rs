@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use minivmm::cli::{Args, Trace};
+use minivmm::cli::{Args, Command, RomCommand, Trace};
 use minivmm::event_loop::Finish;
 use minivmm::vcpu::Outcome;
 use minivmm::vm::Vm;
@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging(args.verbose, &args.trace);
+    if let Some(command) = args.command {
+        return run_tool(command);
+    }
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -51,6 +54,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `minivmm rom ...`: the result on stdout, or one line on stderr and status 1.
+fn run_tool(command: Command) -> ExitCode {
+    let sys = minivmm::rom_tool::sys_root();
+    let result = match command {
+        Command::Rom(RomCommand::Info { file }) => minivmm::rom_tool::info(&file),
+        Command::Rom(RomCommand::Dump { device, output }) => {
+            minivmm::rom_tool::dump(&sys, &device, &output)
+        }
+        Command::Rom(RomCommand::Extract { device, output }) => {
+            minivmm::rom_tool::extract(&sys, device.as_deref(), &output)
+        }
+    };
+    match result {
+        Ok(text) => {
+            print!("{}", text.trim_end());
+            println!();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 /// Help and version go to stdout as clap prints them; errors become one line.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -59,9 +87,15 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("minivmm: {first} (see minivmm --help)");
+    // "the following required arguments were not provided:" names them on the next line.
+    let detail = match (first.ends_with(':'), lines.next()) {
+        (true, Some(next)) => format!(" {next}"),
+        _ => String::new(),
+    };
+    eprintln!("minivmm: {first}{detail} (see minivmm --help)");
     ExitCode::from(EXIT_USAGE)
 }
 

@@ -113,9 +113,6 @@ impl Vm {
         let (layout, memory) = memory::create(config.memory)?;
         let ram_slots = memory::register_slots(&vm, &memory)?;
         log::info!("guest RAM mapped");
-        let boot = load_guest(&memory, &layout, config)?;
-        log::info!("guest loaded, entry {:#x}", boot.entry);
-        regs::write_boot_tables(&memory)?;
         let serial = create_serial(&vm, &config.serial)?;
         let (buses, root) = create_buses(serial.clone())?;
         let buses = Arc::new(buses);
@@ -131,6 +128,10 @@ impl Vm {
                 slot_limit: kvm.get_nr_memslots() as u32,
             },
         )?;
+        let vbios = passthrough.as_ref().map_or(&[][..], |p| p.vbios.as_slice());
+        let boot = load_guest(&memory, &layout, config, vbios)?;
+        log::info!("guest loaded, entry {:#x}", boot.entry);
+        regs::write_boot_tables(&memory)?;
         let vcpus = create_vcpus(&kvm, &vm, config.cpus, boot.entry)?;
         let coalesced = vcpus
             .first()
@@ -282,12 +283,14 @@ fn load_guest(
     memory: &GuestMemory,
     layout: &GuestLayout,
     config: &VmConfig,
+    vbios: &[passthrough::GuestVbios],
 ) -> Result<loader::BootInfo, Error> {
     let load = LoadConfig {
         kernel: &config.kernel,
         initramfs: config.initramfs.as_deref(),
         cmdline: &config.cmdline,
         cpus: config.cpus,
+        vbios,
     };
     Ok(loader::load(memory, layout, &load)?)
 }

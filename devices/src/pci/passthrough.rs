@@ -18,6 +18,13 @@ use super::PciFunction;
 
 /// Expansion ROM BAR of a type-0 header.
 const ROM_BAR: u16 = 0x30;
+/// ROM BAR bit 0: the ROM decodes (when memory decoding is on too).
+const ROM_ENABLE: u32 = 0x1;
+/// Address bits of the ROM BAR (2 KiB granularity).
+const ROM_ADDRESS_MASK: u32 = 0xffff_f800;
+/// The index [`HostFunction::map_bar`] and the BAR accessors use for the ROM (VFIO's ROM
+/// region index too).
+pub const ROM_INDEX: u8 = 6;
 /// Command register.
 const COMMAND: u16 = 0x04;
 /// Command bits: I/O space and memory space decoding.
@@ -58,6 +65,18 @@ pub trait HostFunction: Send {
     fn set_msi(&mut self, kind: MsiKind, vectors: Option<&[MsiVector]>);
 }
 
+/// What the guest's ROM BAR shows.
+#[derive(Clone, Debug, Default)]
+pub enum RomSource {
+    /// No ROM: the register reads 0 and ignores writes.
+    #[default]
+    None,
+    /// The device's own ROM (its VFIO ROM region), when it has one.
+    Device,
+    /// An image from a file: read-only, bytes past it read as 0xFF.
+    Image(std::sync::Arc<[u8]>),
+}
+
 /// A BAR and where the guest has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlacedBar {
@@ -80,6 +99,8 @@ pub struct PassthroughFunction<H: HostFunction> {
     command: u8,
     msi: Option<MsiCapability>,
     msix: Option<MsixCapability>,
+    /// The ROM served, if any.
+    rom: RomSource,
     /// The vectors last routed, to route again only on a change.
     msi_routed: Option<Vec<MsiVector>>,
     msix_routed: Option<Vec<MsiVector>>,
@@ -108,6 +129,16 @@ impl<H: HostFunction> PassthroughFunction<H> {
     /// Read `host`'s configuration space, place its BARs in `windows` and build the shadow.
     /// `interrupt_line` is what the guest's firmware would have written (the INTx GSI).
     pub fn new(host: H, windows: &mut BarWindows, interrupt_line: u8) -> Result<Self, Error> {
+        Self::with_rom(host, windows, interrupt_line, RomSource::None)
+    }
+
+    /// [`Self::new`], with the ROM BAR serving `rom`.
+    pub fn with_rom(
+        host: H,
+        windows: &mut BarWindows,
+        interrupt_line: u8,
+        rom: RomSource,
+    ) -> Result<Self, Error> {
         let config = read_all(&host);
         // Decoding and bus mastering start off, as after a reset: the guest turns them on,
         // and that write is when the BARs get mapped.
@@ -122,12 +153,12 @@ impl<H: HostFunction> PassthroughFunction<H> {
             command: quiet,
             msi: None,
             msix: None,
+            rom: RomSource::None,
             msi_routed: None,
             msix_routed: None,
         };
         function.virtualize_bars(&config, windows)?;
-        // No ROM until one is served from an image (issue #4): the ROM BAR reads 0.
-        function.emulate(ROM_BAR, 0, 0);
+        function.virtualize_rom(rom, windows)?;
         let interrupt = dword(&config, usize::from(reg::INTERRUPT));
         let pin = interrupt & 0xff00;
         let line = if pin == 0 {
@@ -195,6 +226,21 @@ impl<H: HostFunction> PassthroughFunction<H> {
     /// A trapped read of BAR `index` at `offset`: the MSI-X table is the model's, the rest
     /// (the PBA included) is the device's.
     pub fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
+        if index == ROM_INDEX {
+            match &self.rom {
+                RomSource::Image(image) => {
+                    for (i, byte) in data.iter_mut().enumerate() {
+                        let at = usize::try_from(offset)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(i);
+                        *byte = image.get(at).copied().unwrap_or(0xff);
+                    }
+                }
+                RomSource::Device => self.host.region_read(ROM_INDEX, offset, data),
+                RomSource::None => data.fill(0xff),
+            }
+            return;
+        }
         match &self.msix {
             Some(msix) if msix.in_table(index, offset) => msix.read_table(offset, data),
             _ => self.host.region_read(index, offset, data),
@@ -203,6 +249,9 @@ impl<H: HostFunction> PassthroughFunction<H> {
 
     /// A trapped write of BAR `index` at `offset`.
     pub fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
+        if index == ROM_INDEX {
+            return; // a ROM ignores writes
+        }
         match &mut self.msix {
             Some(msix) if msix.in_table(index, offset) => {
                 if msix.write_table(offset, data) {
@@ -254,6 +303,49 @@ impl<H: HostFunction> PassthroughFunction<H> {
             });
         }
         Ok(())
+    }
+
+    /// The ROM BAR: a standard decode (2 KiB-aligned address bits for its size, the enable
+    /// bit) over a ROM placed in the 32-bit window, served read-only through its trap.
+    fn virtualize_rom(&mut self, rom: RomSource, windows: &mut BarWindows) -> Result<(), Error> {
+        let size = match &rom {
+            RomSource::None => 0,
+            RomSource::Device => self.host.region_size(ROM_INDEX),
+            RomSource::Image(image) => rom_bar_size(image.len()),
+        };
+        if size == 0 || !size.is_power_of_two() || size > 1 << 31 {
+            self.emulate(ROM_BAR, 0, 0);
+            return Ok(());
+        }
+        let bar = Bar {
+            index: ROM_INDEX,
+            kind: BarKind::Mem32,
+            prefetchable: false,
+            size,
+        };
+        let address = bar::place(&bar, windows)?;
+        let mask = ROM_ADDRESS_MASK & !((size - 1) as u32);
+        self.emulate(ROM_BAR, address as u32, mask | ROM_ENABLE);
+        self.bars.push(PlacedBar {
+            bar,
+            address,
+            mapped: None,
+        });
+        self.rom = rom;
+        Ok(())
+    }
+
+    /// Where the guest decodes `placed` now, or `None` while its decoding is off.
+    fn decoded_at(&self, placed: &PlacedBar) -> Option<u64> {
+        let on = match placed.bar.kind {
+            BarKind::Io => self.command & COMMAND_IO != 0,
+            _ if placed.bar.index == ROM_INDEX => {
+                self.command & COMMAND_MEMORY != 0
+                    && self.shadow.read_dword(ROM_BAR) & ROM_ENABLE != 0
+            }
+            _ => self.command & COMMAND_MEMORY != 0,
+        };
+        on.then_some(placed.address)
     }
 
     /// Take over the MSI and MSI-X capabilities: the guest's programming lives in the
@@ -348,11 +440,7 @@ impl<H: HostFunction> PassthroughFunction<H> {
             let Some(placed) = self.bars.get(i) else {
                 continue;
             };
-            let decode = match placed.bar.kind {
-                BarKind::Io => COMMAND_IO,
-                _ => COMMAND_MEMORY,
-            };
-            let wanted = (self.command & decode != 0).then_some(placed.address);
+            let wanted = self.decoded_at(placed);
             if wanted != placed.mapped {
                 self.map(i, wanted);
             }
@@ -398,8 +486,13 @@ impl<H: HostFunction> PassthroughFunction<H> {
 
     /// After a shadow write: pick up BAR addresses and interrupt programming.
     fn shadow_written(&mut self, offset: u16) {
+        let rom_address = u64::from(self.shadow.read_dword(ROM_BAR) & ROM_ADDRESS_MASK);
         for placed in &mut self.bars {
-            placed.address = bar::bar_address(&self.shadow, &placed.bar);
+            placed.address = if placed.bar.index == ROM_INDEX {
+                rom_address & !(placed.bar.size - 1)
+            } else {
+                bar::bar_address(&self.shadow, &placed.bar)
+            };
         }
         self.sync_bars();
         if self.msi.as_ref().is_some_and(|m| m.contains(offset)) {
@@ -409,6 +502,11 @@ impl<H: HostFunction> PassthroughFunction<H> {
             self.route_msix();
         }
     }
+}
+
+/// The size of a ROM BAR serving `len` bytes: the next power of two, at least 2 KiB.
+pub fn rom_bar_size(len: usize) -> u64 {
+    (len.max(2048) as u64).next_power_of_two()
 }
 
 /// The host function's whole configuration space, dword by dword.
@@ -479,6 +577,8 @@ mod tests {
         seen: Arc<Mutex<Seen>>,
         /// Guest addresses `map_bar` refuses.
         refuse: Option<u64>,
+        /// Size of the device's own ROM region.
+        rom_size: u64,
     }
 
     impl HostFunction for FakeHost {
@@ -495,6 +595,9 @@ mod tests {
                 .push((offset, data.to_vec()));
         }
         fn region_size(&self, index: u8) -> u64 {
+            if index == ROM_INDEX {
+                return self.rom_size;
+            }
             self.sizes[usize::from(index)]
         }
         fn region_read(&self, index: u8, offset: u64, data: &mut [u8]) {
@@ -552,6 +655,7 @@ mod tests {
             sizes,
             seen: Arc::default(),
             refuse: None,
+            rom_size: 0,
         }
     }
 
@@ -826,6 +930,77 @@ mod tests {
             vec![(0, 0x3f00, vec![9])],
             "PBA writes are dropped, others reach the device"
         );
+    }
+
+    #[test]
+    fn an_image_rom_decodes_like_a_rom_bar_and_reads_back() {
+        let host = radeon();
+        let image: std::sync::Arc<[u8]> = vec![0x55, 0xaa, 0x10, 0x20].into();
+        let mut function = PassthroughFunction::with_rom(
+            host.clone(),
+            &mut windows(),
+            16,
+            RomSource::Image(image),
+        )
+        .unwrap();
+        let address = read32(&mut function, 0x30);
+        assert_eq!(address & 0x7ff, 0, "placed, disabled");
+        assert!(address >= 0xc000_0000);
+        // Size probe: 2 KiB minimum, enable bit writable.
+        function.config_write(0x30, &0xffff_fffeu32.to_le_bytes());
+        assert_eq!(read32(&mut function, 0x30), 0xffff_f800);
+        function.config_write(0x30, &(0xc080_0000u32 | 1).to_le_bytes());
+        assert!(host.maps().is_empty(), "memory decoding is still off");
+        function.config_write(0x04, &[0x02, 0x00]);
+        let maps = host.maps();
+        assert!(
+            maps.contains(&(ROM_INDEX, None, Some(0xc080_0000), vec![])),
+            "{maps:?}"
+        );
+        let mut data = [0u8; 8];
+        function.bar_read(ROM_INDEX, 0, &mut data);
+        assert_eq!(data, [0x55, 0xaa, 0x10, 0x20, 0xff, 0xff, 0xff, 0xff]);
+        function.bar_write(ROM_INDEX, 0, &[0; 4]);
+        function.bar_read(ROM_INDEX, 0, &mut data[..2]);
+        assert_eq!(&data[..2], &[0x55, 0xaa], "read-only");
+        // Clearing the enable bit unmaps it.
+        function.config_write(0x30, &0xc080_0000u32.to_le_bytes());
+        assert_eq!(
+            host.maps(),
+            vec![(ROM_INDEX, Some(0xc080_0000), None, vec![])]
+        );
+    }
+
+    #[test]
+    fn the_devices_own_rom_is_read_through_the_host() {
+        let mut host = radeon();
+        let mut function =
+            PassthroughFunction::with_rom(host.clone(), &mut windows(), 16, RomSource::Device)
+                .unwrap();
+        assert_eq!(
+            read32(&mut function, 0x30),
+            0,
+            "a device without a ROM shows none"
+        );
+        host.rom_size = 64 << 10;
+        let mut function =
+            PassthroughFunction::with_rom(host.clone(), &mut windows(), 16, RomSource::Device)
+                .unwrap();
+        function.config_write(0x30, &0xffff_f800u32.to_le_bytes());
+        assert_eq!(read32(&mut function, 0x30), 0xffff_0000, "64 KiB");
+        let mut data = [0u8; 2];
+        function.bar_read(ROM_INDEX, 0x10, &mut data);
+        assert_eq!(
+            data,
+            [ROM_INDEX + 0x10; 2],
+            "read from the host's ROM region"
+        );
+    }
+
+    #[test]
+    fn rom_bar_sizes() {
+        assert_eq!(rom_bar_size(1), 2048);
+        assert_eq!(rom_bar_size(39936), 65536);
     }
 
     #[test]

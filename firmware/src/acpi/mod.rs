@@ -6,6 +6,7 @@
 pub mod dsdt;
 mod fadt;
 mod madt;
+pub mod vfct;
 
 use acpi_tables::{mcfg::MCFG, rsdp::Rsdp, xsdt::XSDT, Aml};
 
@@ -36,6 +37,8 @@ pub struct AcpiConfig<'a> {
     pub num_cpus: usize,
     /// The guest address map (PCI windows).
     pub layout: &'a GuestLayout,
+    /// Addresses of tables placed elsewhere (a VFCT) that the XSDT must list too.
+    pub extra_tables: &'a [u64],
 }
 
 /// The tables as one blob, ready to copy to `start` in guest memory.
@@ -62,7 +65,10 @@ pub fn build(config: &AcpiConfig) -> Result<AcpiBlob, Error> {
     let madt = writer.push(&madt::build(config.num_cpus));
     let mcfg = writer.push(&to_bytes(&mcfg()));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for table in [fadt, madt, mcfg] {
+    for table in [fadt, madt, mcfg]
+        .into_iter()
+        .chain(config.extra_tables.iter().copied())
+    {
         xsdt.add_entry(table);
     }
     let xsdt = writer.push(&to_bytes(&xsdt));
@@ -224,6 +230,7 @@ pub(crate) mod tests {
     pub(crate) fn blob(num_cpus: usize) -> AcpiBlob {
         let layout = GuestLayout::new(256 << 20).unwrap();
         build(&AcpiConfig {
+            extra_tables: &[],
             num_cpus,
             layout: &layout,
         })
@@ -268,6 +275,7 @@ pub(crate) mod tests {
     fn too_many_cpus_is_an_error() {
         let layout = GuestLayout::new(256 << 20).unwrap();
         let err = build(&AcpiConfig {
+            extra_tables: &[],
             num_cpus: 300,
             layout: &layout,
         })

@@ -16,7 +16,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// emulated IOMMU with interrupt remapping, and PCI devices to pass through: edu, VGA, and
 /// a two-function pci-testdev at 05.0/05.1 (no ACS, so one IOMMU group, like a GPU and its
 /// HDMI audio), and virtio-rng at 06.0 (MSI-X and a 64-bit BAR; `iommu_platform=on`, or its
-/// DMA would bypass the emulated IOMMU that VFIO in L1 programs).
+/// DMA would bypass the emulated IOMMU that VFIO in L1 programs), and bochs-display at
+/// 07.0 with no ROM (`romfile=` empty: a display controller like a laptop dGPU).
 pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -41,6 +42,8 @@ pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Comma
         "pci-testdev,addr=05.1",
         "-device",
         "virtio-rng-pci,addr=06.0,iommu_platform=on,disable-legacy=on",
+        "-device",
+        "bochs-display,romfile=,addr=07.0",
     ])
     .arg("-kernel")
     .arg(kernel)

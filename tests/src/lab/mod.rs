@@ -265,6 +265,8 @@ impl Lab {
         image::add_dynamic(&mut tree, &self.minivmm, "usr/bin/minivmm")?;
         image::add_dynamic(&mut tree, &self.run_as, "usr/bin/run-as")?;
         tree.copy("lab/mbochs.ko", &self.mbochs)?;
+        // A real VBIOS for another device (1002:5159), for the ROM-mismatch check.
+        tree.copy_same(Path::new("/usr/share/seabios/vgabios-ati.bin"))?;
         tree.copy("lab/l2/bzImage", &self.kernel)?;
         tree.copy("lab/l2/initrd.gz", l2_initramfs)?;
         tree.copy("lab/lab.sh", &self.dir.join("lab.sh"))?;

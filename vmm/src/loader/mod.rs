@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use linux_loader::loader::{
     bootparam::setup_header, BzImage, Elf, Error as LoaderError, KernelLoader, KernelLoaderResult,
 };
-use minivmm_firmware::{acpi, boot_params, e820, layout, layout::GuestLayout};
+use minivmm_firmware::acpi::vfct;
+use minivmm_firmware::{acpi, boot_params, e820, layout, layout::GuestLayout, setup_data};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestMemory;
+use crate::passthrough::GuestVbios;
 
 /// Offset of the 64-bit entry point (startup_64) from the start of a bzImage's protected-mode
 /// code, fixed by the boot protocol.
@@ -78,6 +80,9 @@ pub enum Error {
     /// Copying into guest memory failed.
     #[error("cannot write the {0} into guest memory")]
     GuestMemory(&'static str),
+    /// VBIOS images for VFCT/SETUP_PCI that do not fit below 640 KiB.
+    #[error("the VBIOS images need {0} bytes for VFCT and SETUP_PCI, more than the {1} bytes of the firmware area: use vbios=vfct or vbios=setup, not both")]
+    VbiosTooLarge(u64, u64),
 }
 
 /// What the vCPUs need to know after loading.
@@ -98,6 +103,8 @@ pub struct LoadConfig<'a> {
     pub cmdline: &'a str,
     /// Number of vCPUs (for the MADT).
     pub cpus: usize,
+    /// VBIOS images to offer through the VFCT table and SETUP_PCI records.
+    pub vbios: &'a [GuestVbios],
 }
 
 /// Load everything the guest needs into `memory`.
@@ -116,14 +123,16 @@ pub fn load(
         Some(path) => Some(load_initramfs(memory, guest, path, &kernel)?),
         None => None,
     };
+    let firmware = write_vbios(memory, config.vbios)?;
     let tables = acpi::build(&acpi::AcpiConfig {
         num_cpus: config.cpus,
         layout: guest,
+        extra_tables: firmware.vfct.as_slice(),
     })?;
     memory
         .write_slice(&tables.bytes, GuestAddress(tables.start))
         .map_err(|_| Error::GuestMemory("ACPI tables"))?;
-    let e820 = e820::e820_map(guest);
+    let e820 = e820::e820_map_reserving(guest, firmware.reserved);
     let params = boot_params::build(&boot_params::BootParamsConfig {
         setup_header: header,
         cmdline_addr: layout::CMDLINE_START,
@@ -131,11 +140,81 @@ pub fn load(
         initramfs,
         e820: &e820,
         rsdp_addr: tables.rsdp_addr,
+        setup_data: firmware.setup_data,
     })?;
     memory
         .write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|_| Error::GuestMemory("zero page"))?;
     Ok(BootInfo { entry })
+}
+
+/// Where [`write_vbios`] put things.
+#[derive(Debug, Default)]
+struct FirmwareData {
+    /// The VFCT table's address, for the XSDT.
+    vfct: Option<u64>,
+    /// Bytes from the start of the area to reserve in e820 (the VFCT table).
+    reserved: u64,
+    /// The first setup_data record, 0 for none.
+    setup_data: u64,
+}
+
+/// Put the VFCT table (reserved: ACPI tables must stay) and then the SETUP_PCI records
+/// (RAM the kernel reserves itself) into the firmware-data area.
+fn write_vbios(memory: &GuestMemory, vbios: &[GuestVbios]) -> Result<FirmwareData, Error> {
+    let mut data = FirmwareData::default();
+    let area = layout::FIRMWARE_DATA_END - layout::FIRMWARE_DATA_START;
+    let vfct: Vec<vfct::VfctImage> = vbios
+        .iter()
+        .filter(|v| v.vfct)
+        .map(|v| vfct::VfctImage {
+            bus: 0,
+            device: v.devfn.device(),
+            function: v.devfn.function(),
+            vendor_id: v.vendor,
+            device_id: v.device_id,
+            subsystem_vendor_id: v.subsystem_vendor,
+            subsystem_id: v.subsystem_id,
+            rom: &v.rom,
+        })
+        .collect();
+    if !vfct.is_empty() {
+        let table = vfct::build(&vfct);
+        data.reserved = (table.len() as u64).next_multiple_of(0x1000);
+        if data.reserved > area {
+            return Err(Error::VbiosTooLarge(data.reserved, area));
+        }
+        memory
+            .write_slice(&table, GuestAddress(layout::FIRMWARE_DATA_START))
+            .map_err(|_| Error::GuestMemory("VFCT table"))?;
+        data.vfct = Some(layout::FIRMWARE_DATA_START);
+    }
+    let roms: Vec<setup_data::PciRom> = vbios
+        .iter()
+        .filter(|v| v.setup)
+        .map(|v| setup_data::PciRom {
+            vendor: v.vendor,
+            device_id: v.device_id,
+            bus: 0,
+            device: v.devfn.device(),
+            function: v.devfn.function(),
+            rom: &v.rom,
+        })
+        .collect();
+    let start = layout::FIRMWARE_DATA_START + data.reserved;
+    let (records, first) = setup_data::pci_list(&roms, start);
+    let end = start + records.len() as u64;
+    if end > layout::FIRMWARE_DATA_END {
+        return Err(Error::VbiosTooLarge(
+            end - layout::FIRMWARE_DATA_START,
+            area,
+        ));
+    }
+    memory
+        .write_slice(&records, GuestAddress(start))
+        .map_err(|_| Error::GuestMemory("SETUP_PCI records"))?;
+    data.setup_data = first;
+    Ok(data)
 }
 
 /// The error for a `what` file at `path` that cannot be read.

@@ -6,6 +6,7 @@
 //! DMA-map all guest RAM. BARs are mapped when the guest turns decoding on, MSI/MSI-X
 //! when it enables them ([`vfio_function`]). Dropping [`Passthrough`] undoes all of it.
 
+pub mod gpu_arg;
 pub mod gsi;
 pub mod guest_map;
 pub mod host_device;
@@ -20,10 +21,11 @@ use std::time::Instant;
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use minivmm_devices::pci::bar::BarWindows;
-use minivmm_devices::pci::passthrough::{self, PassthroughFunction};
+use minivmm_devices::pci::passthrough::{self, PassthroughFunction, RomSource};
 use minivmm_devices::pci::{DevFn, PciRoot};
 use minivmm_firmware::acpi::dsdt::intx_gsi;
 use minivmm_firmware::layout::{self, GuestLayout};
+use minivmm_firmware::option_rom;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 use vm_allocator::AddressAllocator;
@@ -31,6 +33,7 @@ use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
 use crate::memory::GuestMemory;
 use crate::vcpu::Buses;
+pub use gpu_arg::GpuArg;
 use guest_map::GuestMap;
 pub use host_device::GpuSpec;
 use host_device::HostDevice;
@@ -51,6 +54,30 @@ pub enum Error {
     /// Wiring into the VM.
     #[error("{0}")]
     Vm(String),
+    /// A `rom=` image that cannot be used.
+    #[error("{0}")]
+    Rom(String),
+}
+
+/// A VBIOS image the firmware tables hand to the guest for one function.
+#[derive(Clone, Debug)]
+pub struct GuestVbios {
+    /// The function's guest address (bus 0).
+    pub devfn: DevFn,
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device_id: u16,
+    /// Subsystem vendor ID.
+    pub subsystem_vendor: u16,
+    /// Subsystem ID.
+    pub subsystem_id: u16,
+    /// The image.
+    pub rom: Arc<[u8]>,
+    /// Offer it in the ACPI VFCT table.
+    pub vfct: bool,
+    /// Offer it as a SETUP_PCI record.
+    pub setup: bool,
 }
 
 /// Where one passed-through device is, and how often the guest's accesses to its BARs
@@ -87,6 +114,8 @@ pub struct Passthrough {
     dma: Vec<(u64, u64)>,
     /// The devices and where the guest sees them.
     pub attached: Vec<Attached>,
+    /// VBIOS images for the firmware tables.
+    pub vbios: Vec<GuestVbios>,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -117,11 +146,12 @@ pub struct Attach<'a> {
 }
 
 /// Check, open and wire every device in `specs`.
-pub fn attach(specs: &[GpuSpec], at: Attach<'_>) -> Result<Option<Passthrough>, Error> {
-    if specs.is_empty() {
+pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Error> {
+    if args.is_empty() {
         return Ok(None);
     }
-    let devices = host_device::check_all(Path::new("/sys"), specs)?;
+    let specs: Vec<GpuSpec> = args.iter().map(|a| a.device.clone()).collect();
+    let devices = host_device::check_all(Path::new("/sys"), &specs)?;
     let container = open_container(at.vm)?;
     let ram: Vec<_> = at
         .memory
@@ -141,9 +171,15 @@ pub fn attach(specs: &[GpuSpec], at: Attach<'_>) -> Result<Option<Passthrough>, 
         container: container.clone(),
         dma: Vec::new(),
         attached: Vec::new(),
+        vbios: Vec::new(),
     };
     for (device, devfn) in guest_addresses(&devices, at.root)? {
-        let function = open_function(&device, devfn, &container, &map, &mut windows)?;
+        let arg = args
+            .iter()
+            .find(|a| a.device == device.spec)
+            .ok_or_else(|| Error::Vm(format!("{} lost its --gpu options", device.spec)))?;
+        let (function, vbios) = open_function(&device, arg, devfn, &container, &map, &mut windows)?;
+        passthrough.vbios.extend(vbios);
         at.root
             .add(devfn, Box::new(function.clone()))
             .map_err(|e| Error::Vm(e.to_string()))?;
@@ -277,40 +313,91 @@ fn guest_addresses(
         .collect())
 }
 
+/// The `rom=` image of `arg`, read and validated against the device's IDs.
+fn load_rom(arg: &GpuArg, name: &str, ids: (u16, u16)) -> Result<Option<Arc<[u8]>>, Error> {
+    let Some(path) = &arg.rom else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Rom(format!("cannot read the ROM image {}: {e}", path.display())))?;
+    let rom =
+        option_rom::parse(&bytes).map_err(|e| Error::Rom(format!("{}: {e}", path.display())))?;
+    if let Some(image_ids) = rom.ids() {
+        if image_ids != ids && !arg.skip_id_check {
+            return Err(Error::Rom(format!(
+                "the ROM image {} is for {:04x}:{:04x} but {name} is {:04x}:{:04x}: use the right image, or add romcheck=off to --gpu to use it anyway",
+                path.display(),
+                image_ids.0,
+                image_ids.1,
+                ids.0,
+                ids.1
+            )));
+        }
+    }
+    log::info!(
+        "{name}: ROM image {} ({} bytes)",
+        path.display(),
+        bytes.len()
+    );
+    Ok(Some(bytes.into()))
+}
+
+fn config_dword(vfio: &VfioDevice, offset: u64) -> u32 {
+    let mut data = [0u8; 4];
+    vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut data, offset);
+    u32::from_le_bytes(data)
+}
+
 fn open_function(
     device: &HostDevice,
+    arg: &GpuArg,
     devfn: DevFn,
     container: &Arc<VfioContainer>,
     map: &Arc<GuestMap>,
     windows: &mut BarWindows,
-) -> Result<SharedFunction, Error> {
+) -> Result<(SharedFunction, Option<GuestVbios>), Error> {
     let name = name_of(device);
     let vfio = VfioDevice::new(&device.sysfs, container.clone(), false)
         .map_err(|e| Error::Vfio(vfio_message(&e, &name)))?;
     // Start from a known state when the device can be reset.
     vfio.reset();
     let vfio = Arc::new(vfio);
-    let mut pin = [0u8];
-    vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut pin, 0x3d);
-    let gsi = intx_gsi(
-        u32::from(devfn.device()),
-        u32::from(pin[0].saturating_sub(1)),
-    );
+    let id = config_dword(&vfio, 0);
+    let subsystem = config_dword(&vfio, 0x2c);
+    let ids = (id as u16, (id >> 16) as u16);
+    let image = load_rom(arg, &name, ids)?;
+    let rom = match (&image, arg.vbios.rom_bar) {
+        (_, false) => RomSource::None,
+        (Some(image), true) => RomSource::Image(image.clone()),
+        (None, true) => RomSource::Device,
+    };
+    let vbios = image.map(|rom| GuestVbios {
+        devfn,
+        vendor: ids.0,
+        device_id: ids.1,
+        subsystem_vendor: subsystem as u16,
+        subsystem_id: (subsystem >> 16) as u16,
+        rom,
+        vfct: arg.vbios.vfct,
+        setup: arg.vbios.setup,
+    });
+    let pin = (config_dword(&vfio, 0x3c) >> 8) as u8;
+    let gsi = intx_gsi(u32::from(devfn.device()), u32::from(pin.saturating_sub(1)));
     let host = VfioFunction::new(vfio, name.clone(), map.clone());
-    let function = PassthroughFunction::new(host, windows, gsi as u8)
+    let function = PassthroughFunction::with_rom(host, windows, gsi as u8, rom)
         .map_err(|e| Error::Model(name.clone(), e))?;
     let shared = Arc::new(Mutex::new(function));
     {
         let mut function = shared.lock().unwrap_or_else(|e| e.into_inner());
         function.host_mut().set_function(&shared);
-        if pin[0] != 0 {
+        if pin != 0 {
             function
                 .host_mut()
                 .enable_intx(gsi)
                 .map_err(|e| Error::Vm(format!("{name}: {e}")))?;
         }
     }
-    Ok(shared)
+    Ok((shared, vbios))
 }
 
 impl Passthrough {

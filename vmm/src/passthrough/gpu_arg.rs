@@ -1,0 +1,157 @@
+//! One `--gpu` value: the device, then options after commas.
+//!
+//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off]`
+//! - `rom=FILE`: serve this image as the device's VBIOS instead of the device's own ROM.
+//! - `rombar=off`: show no ROM in the ROM BAR (the image can still go by `vbios=`).
+//! - `vbios=PATHS`: where the guest finds the image, `+`-separated: `rombar` (the PCI ROM
+//!   BAR), `vfct` (the ACPI VFCT table radeon/amdgpu read first), `setup` (a SETUP_PCI boot
+//!   record, the kernel's platform ROM), or `none`. Default with `rom=`: all three.
+//! - `romcheck=off`: use an image whose vendor/device differ from the device's.
+
+use std::path::PathBuf;
+
+use super::host_device::GpuSpec;
+
+/// Where a guest driver can find the VBIOS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VbiosPaths {
+    /// The PCI ROM BAR.
+    pub rom_bar: bool,
+    /// The ACPI VFCT table.
+    pub vfct: bool,
+    /// A SETUP_PCI setup_data record.
+    pub setup: bool,
+}
+
+impl VbiosPaths {
+    /// Every path.
+    pub const ALL: VbiosPaths = VbiosPaths {
+        rom_bar: true,
+        vfct: true,
+        setup: true,
+    };
+}
+
+/// A parsed `--gpu` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuArg {
+    /// The device.
+    pub device: GpuSpec,
+    /// `rom=`: a VBIOS image file.
+    pub rom: Option<PathBuf>,
+    /// Where the guest finds the VBIOS.
+    pub vbios: VbiosPaths,
+    /// `romcheck=off`.
+    pub skip_id_check: bool,
+}
+
+impl std::str::FromStr for GpuArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(',');
+        let device: GpuSpec = parts.next().unwrap_or_default().parse()?;
+        let mut arg = GpuArg {
+            device,
+            rom: None,
+            vbios: VbiosPaths::ALL,
+            skip_id_check: false,
+        };
+        let mut rom_bar = true;
+        let mut vbios = None;
+        for option in parts {
+            match option.split_once('=') {
+                Some(("rom", path)) if !path.is_empty() => arg.rom = Some(path.into()),
+                Some(("rombar", "off")) => rom_bar = false,
+                Some(("rombar", "on")) => rom_bar = true,
+                Some(("romcheck", "off")) => arg.skip_id_check = true,
+                Some(("romcheck", "on")) => arg.skip_id_check = false,
+                Some(("vbios", paths)) => vbios = Some(parse_paths(paths)?),
+                _ => {
+                    return Err(format!(
+                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+setup or romcheck=off"
+                    ))
+                }
+            }
+        }
+        if vbios.is_some() && arg.rom.is_none() {
+            return Err(
+                "vbios= needs rom=FILE: it says where the image from that file goes".into(),
+            );
+        }
+        arg.vbios = vbios.unwrap_or(if arg.rom.is_some() {
+            VbiosPaths::ALL
+        } else {
+            VbiosPaths {
+                rom_bar: true,
+                vfct: false,
+                setup: false,
+            }
+        });
+        arg.vbios.rom_bar &= rom_bar;
+        Ok(arg)
+    }
+}
+
+fn parse_paths(text: &str) -> Result<VbiosPaths, String> {
+    let mut paths = VbiosPaths {
+        rom_bar: false,
+        vfct: false,
+        setup: false,
+    };
+    for path in text.split('+') {
+        match path {
+            "rombar" => paths.rom_bar = true,
+            "vfct" => paths.vfct = true,
+            "setup" => paths.setup = true,
+            "none" => {}
+            other => {
+                return Err(format!(
+                    "unknown vbios path '{other}'; use rombar, vfct, setup (joined with +) or none"
+                ))
+            }
+        }
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_device_keeps_its_own_rom_in_the_rom_bar() {
+        let arg: GpuArg = "01:00.0".parse().unwrap();
+        assert_eq!(arg.device, GpuSpec::Pci("0000:01:00.0".into()));
+        assert_eq!(arg.rom, None);
+        assert!(arg.vbios.rom_bar && !arg.vbios.vfct && !arg.vbios.setup);
+    }
+
+    #[test]
+    fn rom_options() {
+        let arg: GpuArg = "0000:01:00.0,rom=/tmp/vbios.rom".parse().unwrap();
+        assert_eq!(arg.rom, Some("/tmp/vbios.rom".into()));
+        assert_eq!(arg.vbios, VbiosPaths::ALL);
+        let arg: GpuArg = "01:00.0,rom=v.rom,vbios=vfct,romcheck=off".parse().unwrap();
+        assert!(!arg.vbios.rom_bar && arg.vbios.vfct && !arg.vbios.setup);
+        assert!(arg.skip_id_check);
+        let arg: GpuArg = "01:00.0,rom=v.rom,rombar=off".parse().unwrap();
+        assert!(!arg.vbios.rom_bar && arg.vbios.vfct && arg.vbios.setup);
+        let arg: GpuArg = "01:00.0,rombar=off".parse().unwrap();
+        assert!(!arg.vbios.rom_bar);
+    }
+
+    #[test]
+    fn bad_options_say_what_is_accepted() {
+        for (text, says) in [
+            ("01:00.0,rom=", "unknown --gpu option"),
+            ("01:00.0,colour=red", "rom=FILE"),
+            ("01:00.0,vbios=vfct", "needs rom=FILE"),
+            ("01:00.0,rom=x,vbios=bios", "unknown vbios path"),
+            ("01:00.9,rom=x", "not a PCI address"),
+        ] {
+            let e = text.parse::<GpuArg>().unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `minivmm rom info|dump|extract`: getting a VBIOS image and knowing what is in it.
+//!
+//! Sysfs is read through a root directory so that the logic is tested on fake trees.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use minivmm_firmware::acpi::vfct;
+use minivmm_firmware::option_rom;
+
+use crate::passthrough::GpuSpec;
+
+/// A `rom` subcommand failure: one line for the user.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Error(String);
+
+fn fail(message: impl Into<String>) -> Error {
+    Error(message.into())
+}
+
+/// `rom info FILE`: what the image holds.
+pub fn info(path: &Path) -> Result<String, Error> {
+    let bytes =
+        std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let rom = option_rom::parse(&bytes).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    Ok(format!(
+        "{}: {} bytes, {} image(s)\n{}",
+        path.display(),
+        bytes.len(),
+        rom.images.len(),
+        rom.describe()
+    ))
+}
+
+/// A PCI address in the kernel's form, from `0000:01:00.0` or `01:00.0`.
+fn bdf(text: &str) -> Result<String, Error> {
+    match text.parse::<GpuSpec>() {
+        Ok(GpuSpec::Pci(bdf)) => Ok(bdf),
+        _ => Err(fail(format!(
+            "'{text}' is not a PCI address; use 0000:01:00.0 or 01:00.0"
+        ))),
+    }
+}
+
+/// `rom dump BDF -o FILE`: the device's ROM through sysfs (enabled for the read, disabled
+/// again whatever happens), validated, written to `out`. Returns the summary line.
+pub fn dump(sys: &Path, device: &str, out: &Path) -> Result<String, Error> {
+    let bdf = bdf(device)?;
+    let dir = sys.join("bus/pci/devices").join(&bdf);
+    if !dir.exists() {
+        return Err(fail(format!(
+            "there is no PCI device {bdf}: check the address with lspci -D"
+        )));
+    }
+    let rom_file = dir.join("rom");
+    if !rom_file.exists() {
+        return Err(fail(format!(
+            "{bdf} has no ROM BAR; a laptop GPU's VBIOS is usually in the ACPI VFCT table: try minivmm rom extract --device {bdf}"
+        )));
+    }
+    let enable = |on: &str| std::fs::write(&rom_file, on);
+    enable("1").map_err(|e| fail(format!("cannot enable the ROM of {bdf} ({e}): run as root")))?;
+    let read = std::fs::read(&rom_file);
+    let _ = enable("0");
+    let bytes = read.map_err(|e| {
+        fail(format!(
+            "cannot read the ROM of {bdf} ({e}): the device has none readable; a laptop GPU's VBIOS is usually in the ACPI VFCT table: try minivmm rom extract --device {bdf}"
+        ))
+    })?;
+    save(&bytes, out, &format!("the ROM of {bdf}"))
+}
+
+/// `rom extract [--device BDF] -o FILE`: a VBIOS from the host's ACPI VFCT table.
+pub fn extract(sys: &Path, device: Option<&str>, out: &Path) -> Result<String, Error> {
+    let table_path = sys.join("firmware/acpi/tables/VFCT");
+    let table = std::fs::read(&table_path).map_err(|e| {
+        fail(match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "this host has no VFCT table ({}): its firmware does not hand out a VBIOS that way; try minivmm rom dump BDF",
+                table_path.display()
+            ),
+            _ => format!("cannot read {} ({e}): run as root", table_path.display()),
+        })
+    })?;
+    let images = vfct::images(&table);
+    let wanted = device.map(bdf).transpose()?;
+    let image = match &wanted {
+        None => images.first(),
+        Some(wanted) => images.iter().find(|i| {
+            let (bus, dev, func) = i.bdf;
+            *wanted == format!("0000:{bus:02x}:{dev:02x}.{func:x}")
+        }),
+    };
+    let Some(image) = image else {
+        let have: Vec<String> = images
+            .iter()
+            .map(|i| format!("{:02x}:{:02x}.{:x}", i.bdf.0, i.bdf.1, i.bdf.2))
+            .collect();
+        return Err(fail(match wanted {
+            Some(w) => format!(
+                "the VFCT table has no image for {w} (it has: {})",
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ),
+            None => "the VFCT table holds no image".to_string(),
+        }));
+    };
+    let (bus, dev, func) = image.bdf;
+    save(
+        &image.rom,
+        out,
+        &format!("the VFCT image for {bus:02x}:{dev:02x}.{func:x}"),
+    )
+}
+
+/// Validate `bytes` and write them to `out`; the summary names what was saved.
+fn save(bytes: &[u8], out: &Path, what: &str) -> Result<String, Error> {
+    let rom = option_rom::parse(bytes)
+        .map_err(|e| fail(format!("{what} is not a usable ROM image: {e}")))?;
+    let mut file = std::fs::File::create(out)
+        .map_err(|e| fail(format!("cannot create {}: {e}", out.display())))?;
+    file.write_all(bytes)
+        .map_err(|e| fail(format!("cannot write {}: {e}", out.display())))?;
+    let ids = rom
+        .ids()
+        .map(|(v, d)| format!("{v:04x}:{d:04x}"))
+        .unwrap_or_default();
+    Ok(format!(
+        "wrote {what} to {}: {} bytes, {} image(s), for {ids}",
+        out.display(),
+        bytes.len(),
+        rom.images.len()
+    ))
+}
+
+/// Where sysfs is (tests point it elsewhere).
+pub fn sys_root() -> PathBuf {
+    PathBuf::from("/sys")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("minivmm-rom-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A checksummed 2 KiB legacy image for 1002:6660.
+    fn image() -> Vec<u8> {
+        let mut image = vec![0u8; 2048];
+        image[0] = 0x55;
+        image[1] = 0xaa;
+        image[2] = 4;
+        image[0x18] = 0x40;
+        image[0x40..0x44].copy_from_slice(b"PCIR");
+        image[0x44..0x46].copy_from_slice(&0x1002u16.to_le_bytes());
+        image[0x46..0x48].copy_from_slice(&0x6660u16.to_le_bytes());
+        image[0x4f] = 0x03;
+        image[0x50] = 4;
+        image[0x55] = 0x80;
+        let sum = image.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        image[2047] = 0u8.wrapping_sub(sum);
+        image
+    }
+
+    #[test]
+    fn extract_picks_the_image_for_the_device() {
+        let sys = temp("vfct");
+        let tables = sys.join("firmware/acpi/tables");
+        std::fs::create_dir_all(&tables).unwrap();
+        let rom = image();
+        let table = vfct::build(&[vfct::VfctImage {
+            bus: 1,
+            device: 0,
+            function: 0,
+            vendor_id: 0x1002,
+            device_id: 0x6660,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+            rom: &rom,
+        }]);
+        std::fs::write(tables.join("VFCT"), table).unwrap();
+        let out = sys.join("vbios.rom");
+        let said = extract(&sys, Some("01:00.0"), &out).unwrap();
+        assert!(said.contains("1002:6660"), "{said}");
+        assert_eq!(std::fs::read(&out).unwrap(), rom);
+        let e = extract(&sys, Some("02:00.0"), &out).unwrap_err();
+        assert!(
+            e.0.contains("no image for 0000:02:00.0 (it has: 01:00.0)"),
+            "{e}"
+        );
+        std::fs::remove_file(tables.join("VFCT")).unwrap();
+        assert!(extract(&sys, None, &out)
+            .unwrap_err()
+            .0
+            .contains("no VFCT table"));
+        let _ = std::fs::remove_dir_all(&sys);
+    }
+
+    #[test]
+    fn dump_reads_the_rom_file_and_disables_it_again() {
+        let sys = temp("dump");
+        let dev = sys.join("bus/pci/devices/0000:00:02.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        let out = sys.join("out.rom");
+        assert!(dump(&sys, "00:02.0", &out)
+            .unwrap_err()
+            .0
+            .contains("no ROM BAR"));
+        // A fake sysfs rom file: the "1"/"0" writes replace it, so write the image after.
+        std::fs::write(dev.join("rom"), image()).unwrap();
+        let e = dump(&sys, "00:02.0", &out).unwrap_err();
+        assert!(
+            e.0.contains("not a usable ROM image"),
+            "the write of 1 replaced it: {e}"
+        );
+        assert_eq!(
+            std::fs::read(dev.join("rom")).unwrap(),
+            b"0",
+            "disabled again"
+        );
+        assert!(dump(&sys, "00:09.0", &out).unwrap_err().0.contains("lspci"));
+        let _ = std::fs::remove_dir_all(&sys);
+    }
+
+    #[test]
+    fn info_describes_or_names_the_problem() {
+        let dir = temp("info");
+        let path = dir.join("v.rom");
+        std::fs::write(&path, image()).unwrap();
+        let text = info(&path).unwrap();
+        assert!(
+            text.contains("1 image(s)") && text.contains("vendor 1002 device 6660"),
+            "{text}"
+        );
+        std::fs::write(&path, [0u8; 100]).unwrap();
+        assert!(info(&path).unwrap_err().0.contains("expected 55 aa"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
