@@ -208,7 +208,7 @@ pub fn parse(bytes: &[u8]) -> Result<OptionRom, Error> {
     let mut images = Vec::new();
     let mut offset = 0;
     loop {
-        need(bytes, "the ROM header", offset, 0x1a)?;
+        need(bytes, "the ROM signature", offset, 2)?;
         let (found, second) = (
             bytes.get(offset).copied().unwrap_or(0),
             bytes.get(offset + 1).copied().unwrap_or(0),
@@ -220,6 +220,7 @@ pub fn parse(bytes: &[u8]) -> Result<OptionRom, Error> {
                 second,
             });
         }
+        need(bytes, "the ROM header", offset, 0x1a)?;
         let pcir = offset + usize::from(u16_at(bytes, offset + 0x18).unwrap_or(0));
         need(bytes, "the PCI data structure", pcir, 0x18)?;
         let signature = bytes.get(pcir..pcir + 4).unwrap_or_default();

@@ -17,7 +17,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// a two-function pci-testdev at 05.0/05.1 (no ACS, so one IOMMU group, like a GPU and its
 /// HDMI audio), and virtio-rng at 06.0 (MSI-X and a 64-bit BAR; `iommu_platform=on`, or its
 /// DMA would bypass the emulated IOMMU that VFIO in L1 programs), and bochs-display at
-/// 07.0 with no ROM (`romfile=` empty: a display controller like a laptop dGPU).
+/// 07.0 with no ROM (`romfile=` empty: a display controller like a laptop dGPU), and a
+/// Radeon (ati-vga rv100, 1002:5159) with no ROM at 08.0: the motivating failure.
 pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -44,6 +45,8 @@ pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Comma
         "virtio-rng-pci,addr=06.0,iommu_platform=on,disable-legacy=on",
         "-device",
         "bochs-display,romfile=,addr=07.0",
+        "-device",
+        "ati-vga,model=rv100,romfile=,addr=08.0",
     ])
     .arg("-kernel")
     .arg(kernel)

@@ -211,10 +211,15 @@ impl Lab {
         fs::create_dir_all(&run_dir).context(|| format!("cannot create {}", run_dir.display()))?;
 
         let built = Instant::now();
+        let needs = |what: &str| {
+            script_text
+                .lines()
+                .any(|l| l.trim() == format!("# lab-needs: {what}"))
+        };
         let l2 = run_dir.join("l2.cpio.gz");
-        let l2_initramfs_bytes = self.l2_initramfs(&l2)?;
+        let l2_initramfs_bytes = self.l2_initramfs(&l2, needs("radeon"))?;
         let l1 = run_dir.join("l1.cpio.gz");
-        let with_qemu = script_text.lines().any(|l| l.trim() == "# lab-needs: qemu");
+        let with_qemu = needs("qemu");
         let l1_initramfs_bytes = self.l1_initramfs(&l2, with_qemu, &l1)?;
         let build = built.elapsed();
 
@@ -239,15 +244,15 @@ impl Lab {
         })
     }
 
-    /// L2: busybox, `l2-init`, and the modules its device tests load.
-    fn l2_initramfs(&self, dest: &Path) -> Result<u64> {
+    /// L2: busybox, `l2-init`, and the modules its device tests load (with `radeon`, the
+    /// radeon driver too: 6 MiB more, so only for the scenarios that say `lab-needs: radeon`).
+    fn l2_initramfs(&self, dest: &Path, radeon: bool) -> Result<u64> {
         let mut tree = image::busybox_tree(&self.busybox, &self.dir.join("l2-init"))?;
-        image::add_modules(
-            &mut tree,
-            &self.kernel_root,
-            &self.kernel_version,
-            image::L2_MODULES,
-        )?;
+        let mut modules = image::L2_MODULES.to_vec();
+        if radeon {
+            modules.push("radeon");
+        }
+        image::add_modules(&mut tree, &self.kernel_root, &self.kernel_version, &modules)?;
         tree.copy("l2-devices", &self.dir.join("l2-devices"))?;
         tree.copy("lib/modules/edu_msi.ko", &self.edu_msi)?;
         tree.write_gz(dest)

@@ -1,0 +1,43 @@
+# lab-needs: qemu
+# lab-needs: radeon
+# The motivating failure and its fix. ati-vga (rv100, 1002:5159, a Radeon the guest radeon
+# driver claims) has no ROM, like a laptop dGPU. Passed through by QEMU, L2's radeon logs
+# "Unable to locate a BIOS ROM". Passed through by minivmm with a suitable image (SeaBIOS's
+# vgabios-ati.bin is for 1002:5159), radeon finds a BIOS — once through each path
+# (vbios=vfct, vbios=rombar, vbios=setup), so the docs can say which path radeon takes.
+. /lab/lab.sh
+status=0
+ati=0000:00:08.0
+rom=/usr/share/seabios/vgabios-ati.bin
+dir=/sys/bus/pci/devices/$ati
+[ -e "$dir/driver" ] && echo "$ati" > "$dir/driver/unbind"
+echo vfio-pci > "$dir/driver_override"
+echo "$ati" > /sys/bus/pci/drivers_probe
+echo "LAB:BOUND $ati driver=$(basename "$(readlink "$dir/driver")")"
+CMDLINE="$L2_CMDLINE l2.radeon=1 drm.debug=0x1"
+# The driver may hang the guest after BIOS discovery: the markers decide, not the exit.
+VMM_TIMEOUT=60
+
+if [ "$(lab_param paths all)" = all ]; then
+echo "LAB:BEGIN radeon-qemu"
+timeout -s KILL "$VMM_TIMEOUT" qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256M \
+  -nodefaults -display none -monitor none -no-reboot -serial stdio \
+  -device vfio-pci,host=$ati -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$CMDLINE" \
+  </dev/null 2>&1 | tee /tmp/l2.log
+echo
+echo "LAB:RESULT radeon-qemu rc=$?"
+fi
+
+paths=$(lab_param paths all)
+[ "$paths" = all ] && paths=vfct,rombar,setup
+for path in $(echo "$paths" | tr , ' '); do
+  echo "LAB:BEGIN radeon-minivmm-$path"
+  timeout -s KILL "$VMM_TIMEOUT" minivmm --gpu "$ati,rom=$rom,vbios=$path" \
+    --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" --memory 256M \
+    </dev/null 2>/tmp/vmm.err | tee /tmp/l2.log
+  rc=$?
+  echo
+  sed 's/^/LAB:VMM /' /tmp/vmm.err
+  echo "LAB:RESULT radeon-minivmm-$path rc=$rc"
+done
+exit $status
