@@ -12,5 +12,6 @@ pub mod acpi;
 pub mod boot_params;
 pub mod e820;
 pub mod layout;
+pub mod le;
 pub mod option_rom;
 pub mod setup_data;

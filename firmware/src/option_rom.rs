@@ -5,6 +5,8 @@
 //! units, its code type and whether it is the last. A legacy x86 entry's bytes sum to 0;
 //! an EFI entry carries its own header (0x0EF1 signature, subsystem, machine type).
 
+use crate::le::{u16_at, u32_at};
+
 /// Most bytes minivmm serves as a ROM: a ROM BAR is at most 16 MiB, and no VBIOS is near.
 pub const MAX_ROM_SIZE: usize = 16 << 20;
 
@@ -153,18 +155,6 @@ pub enum Error {
         "the image chain runs past the end of the file at offset {0:#x} without a last-image mark"
     )]
     Unterminated(usize),
-}
-
-fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        bytes.get(offset..offset + 2)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        bytes.get(offset..offset + 4)?.try_into().ok()?,
-    ))
 }
 
 fn need(bytes: &[u8], what: &'static str, offset: usize, len: usize) -> Result<(), Error> {

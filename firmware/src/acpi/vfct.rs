@@ -8,6 +8,7 @@
 //! image bytes.
 
 use super::{finish_table, table_header};
+use crate::le::{u16_at, u32_at};
 
 /// Offset of the first image block: header (36) + UUID (16) + two offsets (8) + 16 reserved.
 pub const FIRST_IMAGE_OFFSET: usize = 0x4c;
@@ -72,18 +73,8 @@ pub struct FoundImage {
 /// the blocks from the table's first-image offset; a block that runs past the table ends
 /// the walk.
 pub fn images(table: &[u8]) -> Vec<FoundImage> {
-    let u32_at = |o: usize| {
-        table
-            .get(o..o + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
-    let u16_at = |o: usize| {
-        table
-            .get(o..o + 2)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_le_bytes)
-    };
+    let u32_at = |o: usize| u32_at(table, o);
+    let u16_at = |o: usize| u16_at(table, o);
     let mut found = Vec::new();
     if table.get(0..4) != Some(b"VFCT".as_slice()) {
         return found;

@@ -8,6 +8,7 @@
 use std::io::Read;
 
 use linux_loader::loader::bootparam::setup_header;
+use minivmm_firmware::le::{u16_at, u32_at};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Offset of the setup header in a bzImage.
@@ -91,18 +92,6 @@ const EM_X86_64: u16 = 62;
 const MAX_HEADERS: usize = 64 << 10;
 /// Copy granule from the decoder to guest memory.
 const CHUNK: usize = 1 << 20;
-
-fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        bytes.get(offset..offset + 2)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        bytes.get(offset..offset + 4)?.try_into().ok()?,
-    ))
-}
 
 fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
     Some(u64::from_le_bytes(

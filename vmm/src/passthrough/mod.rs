@@ -90,6 +90,8 @@ pub struct Attached {
     pub devfn: DevFn,
     /// Trapped BAR accesses so far.
     pub trapped: Arc<AtomicU64>,
+    /// ROM BAR accesses so far (a ROM always traps).
+    pub rom_reads: Arc<AtomicU64>,
 }
 
 /// One line per device: where it is and how many BAR accesses trapped.
@@ -98,10 +100,11 @@ pub fn report(attached: &[Attached]) -> String {
         .iter()
         .map(|a| {
             format!(
-                "  passthrough {} at {}: {} trapped BAR accesses\n",
+                "  passthrough {} at {}: {} trapped BAR accesses, {} ROM accesses\n",
                 a.name,
                 a.devfn,
-                a.trapped.load(Ordering::Relaxed)
+                a.trapped.load(Ordering::Relaxed),
+                a.rom_reads.load(Ordering::Relaxed)
             )
         })
         .collect()
@@ -184,15 +187,15 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
             .add(devfn, Box::new(function.clone()))
             .map_err(|e| Error::Vm(e.to_string()))?;
         log::info!("{} is {devfn} in the guest", name_of(&device));
-        let trapped = function
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .host()
-            .trapped();
+        let (trapped, rom_reads) = {
+            let function = function.lock().unwrap_or_else(|e| e.into_inner());
+            (function.host().trapped(), function.host().rom_reads())
+        };
         passthrough.attached.push(Attached {
             name: name_of(&device),
             devfn,
             trapped,
+            rom_reads,
         });
         passthrough.functions.push(function);
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use minivmm_devices::bus::{BusDevice, Effect};
 use minivmm_devices::pci::bar::{Bar, BarKind};
 use minivmm_devices::pci::msi::{MsiKind, MsiVector};
-use minivmm_devices::pci::passthrough::{HostFunction, PassthroughFunction};
+use minivmm_devices::pci::passthrough::{HostFunction, PassthroughFunction, ROM_INDEX};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
@@ -88,6 +88,8 @@ pub struct VfioFunction {
     intx: Option<Intx>,
     /// Guest accesses that trapped to a BAR (the rest went straight to the device).
     trapped: Arc<AtomicU64>,
+    /// Guest reads of the ROM BAR (always trapped: a ROM is served, never mapped).
+    rom_reads: Arc<AtomicU64>,
     /// Bytes of configuration space VFIO offers (256 or 4096).
     config_size: u64,
 }
@@ -114,12 +116,18 @@ impl VfioFunction {
             msi: None,
             intx: None,
             trapped: Arc::default(),
+            rom_reads: Arc::default(),
         }
     }
 
     /// The count of guest accesses that trapped to this function's BARs.
     pub fn trapped(&self) -> Arc<AtomicU64> {
         self.trapped.clone()
+    }
+
+    /// The count of guest accesses to this function's ROM BAR.
+    pub fn rom_reads(&self) -> Arc<AtomicU64> {
+        self.rom_reads.clone()
     }
 
     /// Tell the host side which model it serves (once the model is shared).
@@ -274,7 +282,11 @@ impl VfioFunction {
         let trap: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BarTrap {
             function: self.function.clone(),
             index: bar.index,
-            trapped: self.trapped.clone(),
+            trapped: if bar.index == ROM_INDEX {
+                self.rom_reads.clone()
+            } else {
+                self.trapped.clone()
+            },
         }));
         let bus = if io {
             &self.map.buses.pio
