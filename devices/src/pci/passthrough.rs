@@ -15,6 +15,7 @@ use super::capability::{self, ext_id, id};
 use super::config_space::{reg, ConfigSpace, CONFIG_DWORDS};
 use super::msi::{MsiCapability, MsiKind, MsiVector, MsixCapability};
 use super::PciFunction;
+use minivmm_firmware::option_rom;
 
 /// Expansion ROM BAR of a type-0 header.
 const ROM_BAR: u16 = 0x30;
@@ -311,7 +312,7 @@ impl<H: HostFunction> PassthroughFunction<H> {
         let size = match &rom {
             RomSource::None => 0,
             RomSource::Device => self.host.region_size(ROM_INDEX),
-            RomSource::Image(image) => rom_bar_size(image.len()),
+            RomSource::Image(image) => option_rom::bar_size(image.len()),
         };
         if size == 0 || !size.is_power_of_two() || size > 1 << 31 {
             self.emulate(ROM_BAR, 0, 0);
@@ -502,11 +503,6 @@ impl<H: HostFunction> PassthroughFunction<H> {
             self.route_msix();
         }
     }
-}
-
-/// The size of a ROM BAR serving `len` bytes: the next power of two, at least 2 KiB.
-pub fn rom_bar_size(len: usize) -> u64 {
-    (len.max(2048) as u64).next_power_of_two()
 }
 
 /// The host function's whole configuration space, dword by dword.
@@ -995,12 +991,6 @@ mod tests {
             [ROM_INDEX + 0x10; 2],
             "read from the host's ROM region"
         );
-    }
-
-    #[test]
-    fn rom_bar_sizes() {
-        assert_eq!(rom_bar_size(1), 2048);
-        assert_eq!(rom_bar_size(39936), 65536);
     }
 
     #[test]
