@@ -8,8 +8,9 @@
 //! and device (u16 each), 4 bytes of padding, the ROM length, segment, bus, device and
 //! function (u64 each), then the ROM.
 
-/// `setup_data.type` of a PCI option ROM.
-pub const SETUP_PCI: u32 = 5;
+/// `setup_data.type` of a PCI option ROM (`SETUP_PCI` in the kernel's
+/// arch/x86/include/uapi/asm/bootparam.h; 5 would be SETUP_APPLE_PROPERTIES).
+pub const SETUP_PCI: u32 = 3;
 /// Bytes of the generic header.
 pub const HEADER_SIZE: usize = 16;
 /// Offset of the ROM in a SETUP_PCI record.
@@ -93,10 +94,7 @@ mod tests {
             0,
         );
         assert_eq!(u64_at(&record, 0), 0, "next");
-        assert_eq!(
-            u32::from_le_bytes(record[8..12].try_into().unwrap()),
-            SETUP_PCI
-        );
+        assert_eq!(&record[8..12], &[3, 0, 0, 0], "type SETUP_PCI is 3");
         assert_eq!(
             u32::from_le_bytes(record[12..16].try_into().unwrap()) as usize,
             record.len() - HEADER_SIZE
