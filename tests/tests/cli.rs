@@ -184,6 +184,12 @@ fn bad_command_lines_get_one_line_and_status_2() {
         &["--kernel", "k", "--serial", "tcp:1"],
         &["--bogus"],
         &[],
+        &["--kernel", "k", "--managed"],
+        &["--kernel", "k", "--gpu", "01:00.0", "--managed=all"],
+        &["bind"],
+        &["bind", "gpu0"],
+        &["unbind", "01:00.9"],
+        &["doctor", "--memory", "lots"],
     ] {
         let output = Command::new(minivmm()).args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -273,4 +279,70 @@ fn exit_stats_count_exits_by_address() {
     );
     assert!(text.contains("3  port write  0x80"), "{text}");
     assert!(text.contains("1  port write  0x600"), "{text}");
+}
+
+#[test]
+fn host_tools_on_a_missing_device_fail_cleanly() {
+    // No host has a PCI function at ff:1f.7 (bus 255, the last slot): whatever this host
+    // has or lacks, each tool must say so in one line and touch nothing.
+    for args in [
+        &["bind", "ff:1f.7"][..],
+        &["unbind", "0000:ff:1f.7", "--group"],
+    ] {
+        let output = Command::new(minivmm()).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let text = stderr(&output);
+        assert_eq!(
+            text.trim_end(),
+            "minivmm: there is no PCI device 0000:ff:1f.7: check the address with lspci -D",
+            "{args:?}"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/run/minivmm/bound/0000:ff:1f.7").exists(),
+        "no binding record is left"
+    );
+}
+
+#[test]
+fn doctor_json_reports_every_host_item_and_a_missing_device() {
+    let output = Command::new(minivmm())
+        .args(["doctor", "--json", "ff:1f.7"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a missing device is never ready"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("\"ready\": false"), "{text}");
+    for item in [
+        "kvm",
+        "virtualization",
+        "iommu",
+        "irq-remapping",
+        "module vfio",
+        "module vfio_pci",
+        "/dev/vfio/vfio",
+        "memlock",
+    ] {
+        assert!(
+            text.contains(&format!("\"item\": \"{item}\"")),
+            "{item}: {text}"
+        );
+    }
+    assert!(
+        text.contains("\"scope\": \"0000:ff:1f.7\"") && text.contains("lspci -D"),
+        "{text}"
+    );
+    let human = Command::new(minivmm())
+        .args(["doctor", "ff:1f.7"])
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.ends_with("problem(s) to fix\n") && human.contains("not ready for --gpu"),
+        "{human}"
+    );
 }

@@ -18,6 +18,7 @@ Examples:
 
 At the console, Ctrl-A x quits and Ctrl-A Ctrl-A sends a Ctrl-A to the guest.
 
+Preparing the host: minivmm doctor [BDF...] | iommu-groups | bind BDF | unbind BDF
 VBIOS images: minivmm rom info FILE | rom dump BDF -o FILE | rom extract [--device BDF] -o FILE";
 
 /// minivmm: boot a Linux kernel in a KVM virtual machine.
@@ -58,6 +59,17 @@ pub struct Args {
     /// (where the guest finds the image; all three by default with rom=), romcheck=off.
     #[arg(long, value_name = "DEVICE[,OPTIONS]")]
     pub gpu: Vec<GpuArg>,
+    /// Move each --gpu PCI device to vfio-pci for the run and give it back to its driver
+    /// afterwards (also after an error or SIGINT/SIGTERM). --managed=group moves the rest
+    /// of its IOMMU group too.
+    #[arg(
+        long,
+        value_name = "WHAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "device"
+    )]
+    pub managed: Option<ManagedScope>,
     /// Trace for research, on stderr: pci (every configuration access: function, offset,
     /// width, value, register), bar (BAR maps and moves), irq (interrupt routes).
     #[arg(long, value_name = "WHAT", value_delimiter = ',')]
@@ -70,9 +82,66 @@ pub struct Args {
     pub verbose: u8,
 }
 
+/// What `--managed` moves to vfio-pci.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManagedScope {
+    /// The devices named with --gpu.
+    Device,
+    /// Those and every other member of their IOMMU groups on a host driver.
+    Group,
+}
+
+/// A PCI address in the kernel's form, from `0000:01:00.0` or `01:00.0`.
+pub fn parse_pci_address(text: &str) -> Result<String, String> {
+    match text.parse::<crate::passthrough::GpuSpec>() {
+        Ok(crate::passthrough::GpuSpec::Pci(bdf)) => Ok(bdf),
+        _ => Err(format!(
+            "'{text}' is not a PCI address; use 0000:01:00.0 or 01:00.0"
+        )),
+    }
+}
+
 /// The tools besides running a VM.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Check this host for passthrough: a verdict and the exact fix for each item.
+    /// Exit status 0 only when everything --gpu needs holds.
+    Doctor {
+        /// Devices to check for --gpu (PCI addresses).
+        #[arg(value_name = "BDF", value_parser = parse_pci_address)]
+        devices: Vec<String>,
+        /// Guest RAM the run will use (VFIO locks all of it for DMA).
+        #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+        memory: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every IOMMU group with its devices: address, names, class, IDs, driver.
+    IommuGroups {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move devices from their host driver to vfio-pci (recorded, so unbind restores them).
+    Bind {
+        /// The devices (PCI addresses).
+        #[arg(value_name = "BDF", required = true, value_parser = parse_pci_address)]
+        devices: Vec<String>,
+        /// Also move the other members of each device's IOMMU group that are on host drivers.
+        #[arg(long)]
+        group: bool,
+    },
+    /// Give devices back from vfio-pci to the driver they had before minivmm bound them
+    /// (without a record: to the driver the kernel picks).
+    Unbind {
+        /// The devices (PCI addresses).
+        #[arg(value_name = "BDF", required = true, value_parser = parse_pci_address)]
+        devices: Vec<String>,
+        /// Also give back the members of each group that minivmm bound with it.
+        #[arg(long)]
+        group: bool,
+    },
     /// VBIOS images: inspect one, dump a device's ROM, extract one from ACPI VFCT.
     #[command(subcommand)]
     Rom(RomCommand),
@@ -143,6 +212,9 @@ pub enum Error {
     /// No `--kernel` (clap normally says so first).
     #[error("--kernel is required")]
     NoKernel,
+    /// `--managed` without a device.
+    #[error("--managed needs a --gpu device to manage")]
+    ManagedWithoutGpu,
 }
 
 impl Args {
@@ -157,6 +229,9 @@ impl Args {
         if self.cpus == 0 {
             return Err(Error::NoCpus);
         }
+        if self.managed.is_some() && self.gpu.is_empty() {
+            return Err(Error::ManagedWithoutGpu);
+        }
         Ok(VmConfig {
             kernel: self.kernel.ok_or(Error::NoKernel)?,
             initramfs: self.initramfs,
@@ -166,6 +241,7 @@ impl Args {
             serial: self.serial,
             exit_stats: self.exit_stats,
             gpus: self.gpu,
+            managed: self.managed,
         })
     }
 }
@@ -204,5 +280,41 @@ mod tests {
         assert!(parse(&["--kernel", "k", "--cpus", "x"]).is_err());
         assert!(parse(&["--kernel", "k", "--bogus"]).is_err());
         assert!(parse(&[]).is_err(), "--kernel is required");
+        assert!(parse(&["--kernel", "k", "--managed"])
+            .unwrap_err()
+            .contains("needs a --gpu"));
+    }
+
+    #[test]
+    fn managed_takes_an_optional_scope() {
+        let gpu = ["--kernel", "k", "--gpu", "01:00.0"];
+        let with = |extra: &[&str]| parse(&[&gpu[..], extra].concat()).map(|c| c.managed);
+        assert_eq!(with(&[]), Ok(None));
+        assert_eq!(with(&["--managed"]), Ok(Some(ManagedScope::Device)));
+        assert_eq!(with(&["--managed=group"]), Ok(Some(ManagedScope::Group)));
+        assert!(with(&["--managed=all"]).is_err());
+    }
+
+    #[test]
+    fn host_tools_take_pci_addresses() {
+        let args =
+            Args::try_parse_from(["minivmm", "doctor", "01:00.0", "--memory", "4G"]).unwrap();
+        match args.command {
+            Some(Command::Doctor {
+                devices,
+                memory,
+                json,
+            }) => {
+                assert_eq!(devices, ["0000:01:00.0"]);
+                assert_eq!(memory, 4 << 30);
+                assert!(!json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Args::try_parse_from(["minivmm", "bind", "gpu"]).is_err());
+        assert!(
+            Args::try_parse_from(["minivmm", "bind"]).is_err(),
+            "a device is required"
+        );
     }
 }

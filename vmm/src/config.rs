@@ -53,6 +53,8 @@ pub struct VmConfig {
     pub exit_stats: bool,
     /// Host devices to pass through.
     pub gpus: Vec<GpuArg>,
+    /// Move the devices to vfio-pci for the run (and back afterwards).
+    pub managed: Option<crate::cli::ManagedScope>,
 }
 
 /// The command line used when none is given: the console on COM1, and a kernel panic ends

@@ -121,24 +121,32 @@ pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 #[derive(Debug)]
 pub struct SignalFd(OwnedFd);
 
+/// Block SIGINT, SIGTERM and SIGHUP in this thread (threads spawned later inherit the
+/// mask): they stay pending until a [`SignalFd`] reads them. `--managed` blocks them before
+/// it binds a device, so a signal during the build still ends in the cleanup path.
+pub fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for these libc calls.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in STOP_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+    }
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
 impl SignalFd {
     /// Block the stop signals in this thread (threads spawned later inherit the mask) and
     /// receive them through a descriptor instead.
     pub fn new() -> std::io::Result<Self> {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t for these libc calls.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for signal in STOP_SIGNALS {
-                libc::sigaddset(&mut set, signal);
-            }
-        }
-        // SAFETY: `set` is initialised; the old mask is not needed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
+        let set = block_stop_signals()?;
         // SAFETY: `set` is initialised; -1 asks for a new descriptor.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {

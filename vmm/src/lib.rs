@@ -15,6 +15,7 @@ pub mod console;
 pub mod cpu;
 pub mod event_loop;
 pub mod exit_stats;
+pub mod host;
 pub mod loader;
 pub mod memory;
 pub mod passthrough;

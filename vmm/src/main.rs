@@ -3,8 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use minivmm::cli::{Args, Command, RomCommand, Trace};
+use minivmm::cli::{Args, Command, ManagedScope, RomCommand, Trace};
+use minivmm::config::VmConfig;
 use minivmm::event_loop::Finish;
+use minivmm::host::binding::{Binder, Managed, RealKernel};
+use minivmm::host::{doctor, groups, HostRoot};
+use minivmm::passthrough::GpuSpec;
 use minivmm::vcpu::Outcome;
 use minivmm::vm::Vm;
 
@@ -31,7 +35,51 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let vm = match Vm::build(&config) {
+    let managed = match bind_managed(&config) {
+        Ok(managed) => managed,
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let status = build_and_run(&config);
+    // The VM and its VFIO files are gone by now: vfio-pci can let the devices go.
+    let failures = managed.map(Managed::release).unwrap_or_default();
+    for e in &failures {
+        eprintln!("minivmm: {e}");
+    }
+    if failures.is_empty() {
+        status
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+/// `--managed`: move the `--gpu` PCI devices to vfio-pci, with the stop signals blocked
+/// first so that a signal from here on still ends in giving them back.
+fn bind_managed(config: &VmConfig) -> Result<Option<Managed<RealKernel>>, String> {
+    let Some(scope) = config.managed else {
+        return Ok(None);
+    };
+    minivmm::event_loop::block_stop_signals()
+        .map_err(|e| format!("cannot block signals for --managed: {e}"))?;
+    let devices: Vec<String> = config
+        .gpus
+        .iter()
+        .filter_map(|g| match &g.device {
+            GpuSpec::Pci(bdf) => Some(bdf.clone()),
+            GpuSpec::Mdev(_) => None,
+        })
+        .collect();
+    let binder = Binder::new(HostRoot::system(), RealKernel);
+    Managed::bind(binder, &devices, scope == ManagedScope::Group)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Build the VM, run it, and turn how it ended into an exit status.
+fn build_and_run(config: &VmConfig) -> ExitCode {
+    let vm = match Vm::build(config) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("minivmm: {e}");
@@ -54,17 +102,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// `minivmm rom ...`: the result on stdout, or one line on stderr and status 1.
+/// The tools: the result on stdout and status 0, or one line on stderr and status 1
+/// (`doctor` prints its checklist either way; 1 means not ready).
 fn run_tool(command: Command) -> ExitCode {
-    let sys = minivmm::rom_tool::sys_root();
     let result = match command {
-        Command::Rom(RomCommand::Info { file }) => minivmm::rom_tool::info(&file),
-        Command::Rom(RomCommand::Dump { device, output }) => {
-            minivmm::rom_tool::dump(&sys, &device, &output)
-        }
-        Command::Rom(RomCommand::Extract { device, output }) => {
-            minivmm::rom_tool::extract(&sys, device.as_deref(), &output)
-        }
+        Command::Rom(rom) => rom_tool(rom),
+        Command::Doctor {
+            devices,
+            memory,
+            json,
+        } => return doctor_tool(devices, memory, json),
+        Command::IommuGroups { json } => iommu_groups_tool(json),
+        Command::Bind { devices, group } => binding_tool(&devices, group, true),
+        Command::Unbind { devices, group } => binding_tool(&devices, group, false),
     };
     match result {
         Ok(text) => {
@@ -77,6 +127,68 @@ fn run_tool(command: Command) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+fn rom_tool(command: RomCommand) -> Result<String, String> {
+    let sys = minivmm::rom_tool::sys_root();
+    match command {
+        RomCommand::Info { file } => minivmm::rom_tool::info(&file),
+        RomCommand::Dump { device, output } => minivmm::rom_tool::dump(&sys, &device, &output),
+        RomCommand::Extract { device, output } => {
+            minivmm::rom_tool::extract(&sys, device.as_deref(), &output)
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn doctor_tool(devices: Vec<String>, memory: u64, json: bool) -> ExitCode {
+    let config = doctor::DoctorConfig { devices, memory };
+    let report = doctor::run(&HostRoot::system(), doctor::Probes::real(), &config);
+    if json {
+        println!("{:#}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+fn iommu_groups_tool(json: bool) -> Result<String, String> {
+    let list = groups::list(&HostRoot::system());
+    if json {
+        return Ok(format!("{:#}", groups::json(&list)));
+    }
+    if list.is_empty() {
+        return Err(
+            "there are no IOMMU groups: the IOMMU is off (minivmm doctor says how to turn it on)"
+                .into(),
+        );
+    }
+    Ok(groups::text(&list))
+}
+
+/// `bind` (or `unbind` when `bind` is false): a line per device moved.
+fn binding_tool(devices: &[String], group: bool, bind: bool) -> Result<String, String> {
+    let binder = Binder::new(HostRoot::system(), RealKernel);
+    let mut lines = Vec::new();
+    for bdf in devices {
+        if bind {
+            let moved = binder.bind(bdf, group).map_err(|e| e.to_string())?;
+            if moved.is_empty() {
+                lines.push(format!("{bdf}: already on vfio-pci"));
+            }
+            lines.extend(moved.iter().map(|o| {
+                let from = o.driver.as_deref().unwrap_or("no driver");
+                format!("{}: moved from {from} to vfio-pci", o.bdf)
+            }));
+        } else {
+            lines.extend(binder.unbind(bdf, group).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(lines.join("\n"))
 }
 
 /// Help and version go to stdout as clap prints them; errors become one line.

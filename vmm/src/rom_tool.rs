@@ -53,20 +53,18 @@ pub fn dump(sys: &Path, device: &str, out: &Path) -> Result<String, Error> {
             "there is no PCI device {bdf}: check the address with lspci -D"
         )));
     }
-    let rom_file = dir.join("rom");
-    if !rom_file.exists() {
-        return Err(fail(format!(
-            "{bdf} has no ROM BAR; a laptop GPU's VBIOS is usually in the ACPI VFCT table: try minivmm rom extract --device {bdf}"
-        )));
-    }
-    let enable = |on: &str| std::fs::write(&rom_file, on);
-    enable("1").map_err(|e| fail(format!("cannot enable the ROM of {bdf} ({e}): run as root")))?;
-    let read = std::fs::read(&rom_file);
-    let _ = enable("0");
-    let bytes = read.map_err(|e| {
-        fail(format!(
-            "cannot read the ROM of {bdf} ({e}): the device has none readable; a laptop GPU's VBIOS is usually in the ACPI VFCT table: try minivmm rom extract --device {bdf}"
-        ))
+    let hint = format!(
+        "a laptop GPU's VBIOS is usually in the ACPI VFCT table: try minivmm rom extract --device {bdf}"
+    );
+    let bytes = crate::host::pci::read_rom(&dir).map_err(|e| {
+        use crate::host::pci::RomReadError;
+        fail(match e {
+            RomReadError::Missing => format!("{bdf} has no ROM BAR; {hint}"),
+            RomReadError::Enable(e) => format!("cannot enable the ROM of {bdf} ({e}): run as root"),
+            RomReadError::Read(e) => {
+                format!("cannot read the ROM of {bdf} ({e}): the device has none readable; {hint}")
+            }
+        })
     })?;
     save(&bytes, out, &format!("the ROM of {bdf}"))
 }

@@ -2,7 +2,7 @@
 //! traps on the buses, and the GSI routing table. Shared by every passed-through function.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -49,14 +49,21 @@ struct SlotPool {
 pub struct GuestMap {
     /// The VM.
     pub vm: Arc<VmFd>,
-    /// Where traps go.
-    pub buses: Arc<Buses>,
+    /// Where traps go. Weak: the buses reach the PCI root, the root the functions, and the
+    /// functions this map, so a strong reference would keep all of it (and the VFIO device
+    /// files) alive after the VM is dropped.
+    buses: Weak<Buses>,
     router: Mutex<GsiRouter>,
     slots: Mutex<SlotPool>,
     ram: Vec<Range<u64>>,
 }
 
 impl GuestMap {
+    /// The VM's buses, while the VM exists.
+    pub fn buses(&self) -> Option<Arc<Buses>> {
+        self.buses.upgrade()
+    }
+
     /// The map of a VM whose RAM is `ram` in slots `0..first_free_slot`.
     pub fn new(
         vm: Arc<VmFd>,
@@ -68,7 +75,7 @@ impl GuestMap {
         GuestMap {
             router: Mutex::new(GsiRouter::new(vm.clone())),
             vm,
-            buses,
+            buses: Arc::downgrade(&buses),
             slots: Mutex::new(SlotPool {
                 next: first_free_slot,
                 free: Vec::new(),

@@ -6,9 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Host drivers that leave an IOMMU group viable for VFIO (the kernel's own list: the
-/// VFIO drivers, pci-stub, and PCIe port services).
-const VIABLE_DRIVERS: [&str; 3] = ["vfio-pci", "pci-stub", "pcieport"];
+use crate::host::pci::{driver, group_members, link_name, VIABLE_DRIVERS};
 
 /// A device named with `--gpu`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,87 +199,31 @@ pub fn check_all(sys: &Path, specs: &[GpuSpec]) -> Result<Vec<HostDevice>, Error
     Ok(devices)
 }
 
-/// The devices in IOMMU group `group`, sorted.
-pub fn group_members(sys: &Path, group: u32) -> Vec<String> {
-    let dir = sys
-        .join("kernel/iommu_groups")
-        .join(group.to_string())
-        .join("devices");
-    let mut members: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    members.sort();
-    members
-}
-
-/// The driver a device is bound to, if any.
-pub fn driver(device: &Path) -> Option<String> {
-    link_name(&device.join("driver"))
-}
-
-fn link_name(link: &Path) -> Option<String> {
-    let target = std::fs::read_link(link).ok()?;
-    Some(target.file_name()?.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use crate::host::fake::{FakeHost, FakePci};
 
-    /// A fake /sys with PCI devices: (address, group, driver).
-    fn fake_sys(devices: &[(&str, u32, Option<&str>)]) -> tempdir::Dir {
-        let root = tempdir::Dir::new();
-        for (bdf, group, driver) in devices {
-            let dev = root.path().join("devices/pci0000:00").join(bdf);
-            std::fs::create_dir_all(&dev).unwrap();
-            let groups = root
-                .path()
-                .join("kernel/iommu_groups")
-                .join(group.to_string());
-            std::fs::create_dir_all(groups.join("devices")).unwrap();
-            symlink(&groups, dev.join("iommu_group")).unwrap();
-            symlink(&dev, groups.join("devices").join(bdf)).unwrap();
-            if let Some(driver) = driver {
-                let drv = root.path().join("bus/pci/drivers").join(driver);
-                std::fs::create_dir_all(&drv).unwrap();
-                symlink(&drv, dev.join("driver")).unwrap();
-            }
-            let link = root.path().join("bus/pci/devices");
-            std::fs::create_dir_all(&link).unwrap();
-            symlink(&dev, link.join(bdf)).unwrap();
+    /// A fake host with PCI devices: (address, group, driver); `check` gets its `sys/`.
+    fn fake_sys(devices: &[(&str, u32, Option<&str>)]) -> FakeSys {
+        let host = FakeHost::new();
+        for &(bdf, group, driver) in devices {
+            host.pci(FakePci {
+                bdf,
+                ids: (0x1234, 0x11e8),
+                class: 0x00ff00,
+                group: Some(group),
+                driver,
+            });
         }
-        root
+        FakeSys(host)
     }
 
-    /// A throwaway directory, removed on drop.
-    mod tempdir {
-        pub struct Dir(std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Dir {
-                use std::sync::atomic::{AtomicUsize, Ordering};
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                let path = std::env::temp_dir().join(format!(
-                    "minivmm-sys-{}-{}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::create_dir_all(&path).unwrap();
-                Dir(path)
-            }
-            pub fn path(&self) -> &std::path::Path {
-                &self.0
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
+    struct FakeSys(FakeHost);
+
+    impl FakeSys {
+        fn path(&self) -> std::path::PathBuf {
+            self.0.root().sys()
         }
     }
 
@@ -312,7 +254,7 @@ mod tests {
     #[test]
     fn a_device_on_vfio_pci_alone_in_its_group_is_ready() {
         let sys = fake_sys(&[("0000:00:03.0", 5, Some("vfio-pci"))]);
-        let device = check(sys.path(), &pci("00:03.0")).unwrap();
+        let device = check(&sys.path(), &pci("00:03.0")).unwrap();
         assert_eq!(device.group, 5);
         assert_eq!(device.bdf(), Some("0000:00:03.0"));
     }
@@ -328,7 +270,7 @@ mod tests {
             ("0000:00:05.1", 7, None),
             ("0000:00:05.2", 7, Some("pcieport")),
         ]);
-        let err = |bdf| check(sys.path(), &pci(bdf)).unwrap_err();
+        let err = |bdf| check(&sys.path(), &pci(bdf)).unwrap_err();
         assert_eq!(err("00:09.0"), Error::NoDevice("0000:00:09.0".into()));
         assert!(err("00:09.0").to_string().contains("lspci"));
         assert_eq!(
@@ -342,7 +284,7 @@ mod tests {
         assert!(not_viable.to_string().contains("0000:00:04.1"));
         assert!(not_viable.to_string().contains("snd_hda_intel"));
         // Unbound members and PCIe ports keep a group viable.
-        assert!(check(sys.path(), &pci("00:05.0")).is_ok());
+        assert!(check(&sys.path(), &pci("00:05.0")).is_ok());
     }
 
     #[test]
@@ -353,7 +295,7 @@ mod tests {
                 .join("devices/pci0000:00/0000:00:03.0/iommu_group"),
         )
         .unwrap();
-        let e = check(sys.path(), &pci("00:03.0")).unwrap_err();
+        let e = check(&sys.path(), &pci("00:03.0")).unwrap_err();
         assert_eq!(e, Error::NoIommuGroup("0000:00:03.0".into()));
         assert!(e.to_string().contains("intel_iommu=on"));
     }
@@ -363,7 +305,7 @@ mod tests {
         let sys = fake_sys(&[("0000:00:03.0", 4, Some("vfio-pci"))]);
         let specs = [pci("00:03.0"), pci("0000:00:03.0")];
         assert_eq!(
-            check_all(sys.path(), &specs).unwrap_err(),
+            check_all(&sys.path(), &specs).unwrap_err(),
             Error::Duplicate("0000:00:03.0".into())
         );
     }

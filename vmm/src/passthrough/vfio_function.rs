@@ -266,12 +266,11 @@ impl VfioFunction {
         for slot in mapping.slots {
             self.map.remove_slot(slot);
         }
-        let bus = if mapping.io {
-            &self.map.buses.pio
-        } else {
-            &self.map.buses.mmio
-        };
-        bus.remove(mapping.base);
+        // Without buses the VM is gone, and its traps with it.
+        if let Some(buses) = self.map.buses() {
+            let bus = if mapping.io { &buses.pio } else { &buses.mmio };
+            bus.remove(mapping.base);
+        }
     }
 
     fn map(&mut self, bar: &Bar, base: u64, traps: &[Range<u64>]) -> Result<(), String> {
@@ -288,11 +287,8 @@ impl VfioFunction {
                 self.trapped.clone()
             },
         }));
-        let bus = if io {
-            &self.map.buses.pio
-        } else {
-            &self.map.buses.mmio
-        };
+        let buses = self.map.buses().ok_or("the VM is being torn down")?;
+        let bus = if io { &buses.pio } else { &buses.mmio };
         bus.insert(trap, base, bar.size)
             .map_err(|_| format!("{base:#x}+{:#x} overlaps another device", bar.size))?;
         let mut mapping = BarMapping {

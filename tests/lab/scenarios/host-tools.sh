@@ -1,0 +1,104 @@
+# Preparing a host with minivmm's own tools: iommu-groups lists L1's devices with names;
+# doctor fails on edu while edu is on a host driver (uio_pci_generic here) and passes after
+# minivmm bind; unbind gives it back. Then --managed runs: edu moves to vfio-pci for the run
+# and back to uio_pci_generic afterwards — after a normal end, after SIGTERM, and after a
+# failed build — and --managed=group takes the other function of pci-testdev along.
+. /lab/lab.sh
+status=0
+
+# find_bdf VENDOR DEVICE: the first such function's address.
+find_bdf() {
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = "$1" ] && [ "$(cat "$d/device")" = "$2" ] && { echo "${d##*/}"; return; }
+  done
+}
+
+# show NAME COMMAND...: run it (bounded), print each output line as LAB:OUT NAME ... and
+# then LAB:RC NAME rc=N.
+show() {
+  name=$1
+  shift
+  timeout -s KILL 120 "$@" </dev/null >/tmp/show.out 2>&1
+  rc=$?
+  sed "s/^/LAB:OUT $name /" /tmp/show.out
+  echo "LAB:RC $name rc=$rc"
+}
+
+# driver NAME BDF: LAB:DRIVER NAME BDF=<driver or none>.
+driver() {
+  d=/sys/bus/pci/devices/$2/driver
+  if [ -e "$d" ]; then drv=$(basename "$(readlink "$d")"); else drv=none; fi
+  echo "LAB:DRIVER $1 $2=$drv"
+}
+
+edu=$(find_bdf 0x1234 0x11e8)
+mf0=0000:00:05.0
+mf1=0000:00:05.1
+# Host drivers to take the devices from: uio_pci_generic by ID, as a native driver would.
+echo "1234 11e8" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+echo "1b36 0005" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+driver start "$edu"
+driver start "$mf1"
+
+show groups minivmm iommu-groups
+# JSON: count what scripts would look for, rather than print it all.
+minivmm iommu-groups --json > /tmp/groups.json
+echo "LAB:GROUPS-JSON addresses=$(grep -c '"address"' /tmp/groups.json) edu=$(grep -c "\"address\": \"$edu\"" /tmp/groups.json)"
+show doctor-before minivmm doctor "$edu"
+minivmm doctor --json "$edu" > /tmp/doctor.json
+echo "LAB:DOCTOR-JSON rc=$? ready=$(sed -n 's/.*"ready": \([a-z]*\).*/\1/p' /tmp/doctor.json) fails=$(grep -c '"status": "fail"' /tmp/doctor.json)"
+show doctor-vga minivmm doctor "$(find_bdf 0x1234 0x1111)" 0000:00:07.0
+show bind minivmm bind "$edu"
+driver bound "$edu"
+show doctor-after minivmm doctor "$edu"
+show unbind minivmm unbind "$edu"
+driver unbound "$edu"
+
+# A --managed run: edu is on vfio-pci while L2 runs, and back on uio_pci_generic after.
+echo "LAB:BEGIN managed-run"
+: > /tmp/l2.log
+minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+  --cmdline "$L2_CMDLINE l2.devices=id l2.hold=3" --memory 256M \
+  --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
+pid=$!
+wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD managed-run"
+driver during "$edu"
+wait $pid
+rc=$?
+grep "L2:EDU-ID" /tmp/l2.log | head -n 1
+sed 's/^/LAB:VMM /' /tmp/vmm.err
+echo "LAB:RESULT managed-run rc=$rc"
+driver after-run "$edu"
+
+# SIGTERM while L2 holds: minivmm stops the guest and still gives edu back.
+echo "LAB:BEGIN managed-sigterm"
+: > /tmp/l2.log
+minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+  --cmdline "$L2_CMDLINE l2.hold=120" --memory 256M \
+  --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
+pid=$!
+wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD managed-sigterm"
+driver during-sigterm "$edu"
+kill -TERM $pid
+wait $pid
+rc=$?
+sed 's/^/LAB:VMM /' /tmp/vmm.err
+echo "LAB:RESULT managed-sigterm rc=$rc"
+driver after-sigterm "$edu"
+
+# A build that fails after the binding (no such kernel).
+show managed-error minivmm --managed --gpu "$edu" --kernel /nonexistent
+driver after-error "$edu"
+
+# pci-testdev's two functions share a group and both sit on uio_pci_generic: --managed
+# moves only the one named, so VFIO refuses the group; --managed=group moves both.
+show doctor-group minivmm doctor "$mf0"
+show managed-not-viable minivmm --managed --gpu "$mf0" --kernel "$L2_KERNEL" \
+  --initramfs "$L2_INITRD" --memory 256M --serial none
+driver after-not-viable "$mf0"
+driver after-not-viable "$mf1"
+show managed-group minivmm --managed=group --gpu "$mf0" --kernel "$L2_KERNEL" \
+  --initramfs "$L2_INITRD" --memory 256M --serial none
+driver after-group "$mf0"
+driver after-group "$mf1"
+exit $status
