@@ -157,9 +157,11 @@ fn doctor_tool(devices: Vec<String>, memory: u64, json: bool) -> ExitCode {
 }
 
 fn iommu_groups_tool(json: bool) -> Result<String, String> {
-    let list = groups::list(&HostRoot::system());
+    let root = HostRoot::system();
+    let list = groups::list(&root);
+    let names = minivmm::host::pci::PciNames::load(&root);
     if json {
-        return Ok(format!("{:#}", groups::json(&list)));
+        return Ok(format!("{:#}", groups::json(&list, &names)));
     }
     if list.is_empty() {
         return Err(
@@ -167,7 +169,7 @@ fn iommu_groups_tool(json: bool) -> Result<String, String> {
                 .into(),
         );
     }
-    Ok(groups::text(&list))
+    Ok(groups::text(&list, &names))
 }
 
 /// `bind` (or `unbind` when `bind` is false): a line per device moved.

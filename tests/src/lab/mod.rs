@@ -270,6 +270,8 @@ impl Lab {
         image::add_dynamic(&mut tree, &self.minivmm, "usr/bin/minivmm")?;
         image::add_dynamic(&mut tree, &self.run_as, "usr/bin/run-as")?;
         tree.copy("lab/mbochs.ko", &self.mbochs)?;
+        // The PCI ID database (Debian's pci.ids package), for minivmm iommu-groups and doctor.
+        tree.copy_same(Path::new("/usr/share/misc/pci.ids"))?;
         // A real VBIOS for another device (1002:5159), for the ROM-mismatch check.
         tree.copy_same(Path::new("/usr/share/seabios/vgabios-ati.bin"))?;
         tree.copy("lab/l2/bzImage", &self.kernel)?;

@@ -14,7 +14,7 @@ use minivmm_firmware::option_rom;
 use serde_json::json;
 
 use super::pci::{
-    driver, group_members, read_rom, PciInfo, RomReadError, VFIO_PCI, VIABLE_DRIVERS,
+    driver, group_members, read_rom, PciInfo, PciNames, RomReadError, VFIO_PCI, VIABLE_DRIVERS,
 };
 use super::{memlock_limit, read_trimmed, Credentials, HostRoot};
 
@@ -102,8 +102,10 @@ pub fn probe_kvm(path: &Path) -> Result<i32, String> {
 }
 
 /// The checklist and the devices it is about.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Report {
+    /// Names for the devices' IDs.
+    pub names: PciNames,
     /// Every item, host first.
     pub checks: Vec<Check>,
     /// The devices asked about, as given.
@@ -128,7 +130,7 @@ impl Report {
             if check.scope != scope {
                 scope = &check.scope;
                 let title = match self.devices.iter().find(|d| d.bdf == scope) {
-                    Some(device) => format!("{scope}  {}", device.describe()),
+                    Some(device) => format!("{scope}  {}", device.describe(&self.names)),
                     None => scope.to_string(),
                 };
                 out.push_str(&format!("{title}\n"));
@@ -169,7 +171,7 @@ impl Report {
         let devices: Vec<_> = self
             .devices
             .iter()
-            .map(super::groups::device_json)
+            .map(|d| super::groups::device_json(d, &self.names))
             .collect();
         json!({
             "ready": self.ready(),
@@ -227,6 +229,7 @@ pub fn run(root: &HostRoot, probes: Probes, config: &DoctorConfig) -> Report {
         }
     }
     Report {
+        names: PciNames::load(root),
         checks,
         asked: config.devices.clone(),
         devices,

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::pci::{group_members, PciInfo};
+use super::pci::{group_members, PciInfo, PciNames, NO_NAMES_HINT};
 use super::HostRoot;
 
 /// One IOMMU group.
@@ -40,7 +40,7 @@ pub fn list(root: &HostRoot) -> Vec<Group> {
 }
 
 /// The listing for people: a line per group, a line per device under it.
-pub fn text(groups: &[Group]) -> String {
+pub fn text(groups: &[Group], names: &PciNames) -> String {
     let mut out = String::new();
     for group in groups {
         let viable = viability(group);
@@ -49,10 +49,14 @@ pub fn text(groups: &[Group]) -> String {
             out.push_str(&format!(
                 "  {}  {}  driver: {}\n",
                 device.bdf,
-                device.describe(),
+                device.describe(names),
                 device.driver.as_deref().unwrap_or("none")
             ));
         }
+    }
+    if !names.available() {
+        out.push_str(NO_NAMES_HINT);
+        out.push('\n');
     }
     out
 }
@@ -75,11 +79,11 @@ fn viability(group: &Group) -> &'static str {
 }
 
 /// The listing for scripts.
-pub fn json(groups: &[Group]) -> serde_json::Value {
+pub fn json(groups: &[Group], names: &PciNames) -> serde_json::Value {
     let groups: Vec<_> = groups
         .iter()
         .map(|g| {
-            let devices: Vec<_> = g.devices.iter().map(device_json).collect();
+            let devices: Vec<_> = g.devices.iter().map(|d| device_json(d, names)).collect();
             json!({ "group": g.number, "devices": devices })
         })
         .collect();
@@ -87,15 +91,15 @@ pub fn json(groups: &[Group]) -> serde_json::Value {
 }
 
 /// One device, as the JSON of `iommu-groups` and `doctor` show it.
-pub fn device_json(d: &PciInfo) -> serde_json::Value {
+pub fn device_json(d: &PciInfo, names: &PciNames) -> serde_json::Value {
     json!({
         "address": d.bdf,
         "vendor_id": format!("{:04x}", d.vendor),
         "device_id": format!("{:04x}", d.device),
         "class": format!("{:06x}", d.class),
-        "vendor": d.vendor_name(),
-        "device": d.device_name(),
-        "class_name": d.class_name(),
+        "vendor": d.vendor_name(names),
+        "device": d.device_name(names),
+        "class_name": d.class_name(names),
         "driver": d.driver,
         "iommu_group": d.group,
     })
@@ -108,6 +112,7 @@ mod tests {
 
     fn host() -> FakeHost {
         let host = FakeHost::new();
+        host.file("usr/share/misc/pci.ids", crate::host::pci::tests::PCI_IDS);
         let pci = |bdf, ids, class, group, driver| FakePci {
             bdf,
             ids,
@@ -153,7 +158,7 @@ mod tests {
     #[test]
     fn the_text_names_devices_drivers_and_ready_groups() {
         let host = host();
-        let text = text(&list(&host.root()));
+        let text = text(&list(&host.root()), &PciNames::load(&host.root()));
         assert!(text.contains("IOMMU group 2 (ready for VFIO)\n"), "{text}");
         assert!(
             text.contains("IOMMU group 10\n"),
@@ -168,12 +173,16 @@ mod tests {
         assert!(gpu.contains("[1002:6660]"), "{gpu}");
         assert!(gpu.ends_with("driver: vfio-pci"), "{gpu}");
         assert!(text.contains("driver: snd_hda_intel"));
+        assert!(!text.contains("apt-get install pci.ids"));
+        let bare = super::text(&list(&host.root()), &PciNames::none());
+        assert!(bare.contains("Class [0380]: Device [1002:6660]"), "{bare}");
+        assert!(bare.ends_with(&format!("{NO_NAMES_HINT}\n")), "{bare}");
     }
 
     #[test]
     fn json_carries_ids_names_and_drivers() {
         let host = host();
-        let value = json(&list(&host.root()));
+        let value = json(&list(&host.root()), &PciNames::load(&host.root()));
         let gpu = &value["groups"][2]["devices"][0];
         assert_eq!(gpu["address"], "0000:01:00.0");
         assert_eq!(gpu["vendor_id"], "1002");

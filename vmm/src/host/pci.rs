@@ -1,11 +1,65 @@
-//! A host PCI function as sysfs shows it, with the names the PCI ID database gives its
-//! vendor, device and class.
+//! A host PCI function as sysfs shows it, with the names the host's PCI ID database (the
+//! pci.ids file lspci reads) gives its vendor, device and class.
 
 use std::path::Path;
 
-use pci_ids::FromId as _;
+use pciid_parser::Database;
 
 use super::{read_trimmed, HostRoot};
+
+/// Where distributions keep pci.ids (Debian's `pci.ids` package: the second), under the root.
+const PCI_IDS_PATHS: [&str; 2] = ["usr/share/hwdata/pci.ids", "usr/share/misc/pci.ids"];
+
+/// Vendor, device and class names, when the host has the database.
+#[derive(Debug)]
+pub struct PciNames(Option<Database>);
+
+impl PciNames {
+    /// The host's database, or none (then everything is shown by number).
+    pub fn load(root: &HostRoot) -> PciNames {
+        let db = PCI_IDS_PATHS
+            .iter()
+            .map(|p| root.path(p))
+            .filter(|p| p.exists())
+            .find_map(|p| Database::read_from_file(p).ok());
+        PciNames(db)
+    }
+
+    /// No names at all.
+    pub fn none() -> PciNames {
+        PciNames(None)
+    }
+
+    /// False when the host has no pci.ids: output says how to get it.
+    pub fn available(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn vendor(&self, vendor: u16) -> Option<&str> {
+        Some(self.0.as_ref()?.vendors.get(&vendor)?.name.as_str())
+    }
+
+    fn device(&self, vendor: u16, device: u16) -> Option<&str> {
+        let vendor = self.0.as_ref()?.vendors.get(&vendor)?;
+        Some(vendor.devices.get(&device)?.name.as_str())
+    }
+
+    /// The subclass's name when known, else the class's.
+    fn class(&self, class: u32) -> Option<&str> {
+        let (base, sub) = ((class >> 16) as u8, (class >> 8) as u8);
+        let class = self.0.as_ref()?.classes.get(&base)?;
+        Some(
+            class
+                .subclasses
+                .get(&sub)
+                .map_or(class.name.as_str(), |s| s.name.as_str()),
+        )
+    }
+}
+
+/// The line that tells a user without pci.ids where names come from.
+pub const NO_NAMES_HINT: &str =
+    "(no PCI ID database for names: apt-get install pci.ids, or your distribution's hwdata)";
 
 /// Host drivers that leave an IOMMU group viable for VFIO (the kernel's own list: the
 /// VFIO drivers, pci-stub, and PCIe port services).
@@ -60,34 +114,31 @@ impl PciInfo {
     }
 
     /// The vendor's name, if the database knows it.
-    pub fn vendor_name(&self) -> Option<&'static str> {
-        pci_ids::Vendor::from_id(self.vendor).map(|v| v.name())
+    pub fn vendor_name<'a>(&self, names: &'a PciNames) -> Option<&'a str> {
+        names.vendor(self.vendor)
     }
 
     /// The device's name, if the database knows it.
-    pub fn device_name(&self) -> Option<&'static str> {
-        pci_ids::Device::from_vid_pid(self.vendor, self.device).map(|d| d.name())
+    pub fn device_name<'a>(&self, names: &'a PciNames) -> Option<&'a str> {
+        names.device(self.vendor, self.device)
     }
 
-    /// The class's name: the subclass's when known, else the class's.
-    pub fn class_name(&self) -> String {
-        let (class, subclass) = ((self.class >> 16) as u8, (self.class >> 8) as u8);
-        pci_ids::Subclass::from_cid_sid(class, subclass)
-            .map(|s| s.name().to_string())
-            .or_else(|| pci_ids::Class::from_id(class).map(|c| c.name().to_string()))
-            .unwrap_or_else(|| "Unknown class".to_string())
+    /// The class's name (the subclass's when known), or `Class` as lspci says.
+    pub fn class_name(&self, names: &PciNames) -> String {
+        names.class(self.class).unwrap_or("Class").to_string()
     }
 
-    /// `lspci -nn` style: `Display controller [0380]: Vendor Device [1002:6660]`.
-    pub fn describe(&self) -> String {
-        let names = match (self.vendor_name(), self.device_name()) {
+    /// `lspci -nn` style: `Display controller [0380]: Vendor Device [1002:6660]`, with
+    /// `Device` for a name the database lacks.
+    pub fn describe(&self, names: &PciNames) -> String {
+        let ids = match (self.vendor_name(names), self.device_name(names)) {
             (Some(v), Some(d)) => format!("{v} {d}"),
-            (Some(v), None) => format!("{v} device {:04x}", self.device),
-            (None, _) => format!("vendor {:04x} device {:04x}", self.vendor, self.device),
+            (Some(v), None) => format!("{v} Device"),
+            (None, _) => "Device".to_string(),
         };
         format!(
-            "{} [{:04x}]: {names} [{}]",
-            self.class_name(),
+            "{} [{:04x}]: {ids} [{}]",
+            self.class_name(names),
             self.class >> 8,
             self.ids()
         )
@@ -154,13 +205,31 @@ pub fn link_name(link: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::fake::{FakeHost, FakePci};
     use super::*;
+
+    /// A few lines of the real database's format.
+    pub(crate) const PCI_IDS: &str = "\
+# comment
+1002  Advanced Micro Devices, Inc. [AMD/ATI]
+\t6660  Sun XT [Radeon HD 8670A/8670M/8690M / R5 M330 / M430 / Radeon 520 Mobile]
+\taab0  Cape Verde/Pitcairn HDMI Audio [Radeon HD 7700/7800 Series]
+8086  Intel Corporation
+\t29c0  82G33/G31/P35/P31 Express DRAM Controller
+C 03  Display controller
+\t00  VGA compatible controller
+\t80  Display controller
+C 04  Multimedia controller
+\t03  Audio device
+C 06  Bridge
+\t00  Host bridge
+";
 
     #[test]
     fn a_function_reads_back_with_its_names() {
         let host = FakeHost::new();
+        host.file("usr/share/misc/pci.ids", PCI_IDS);
         host.pci(FakePci {
             bdf: "0000:01:00.0",
             ids: (0x1002, 0x6660),
@@ -168,6 +237,8 @@ mod tests {
             group: Some(12),
             driver: Some("radeon"),
         });
+        let names = PciNames::load(&host.root());
+        assert!(names.available());
         let info = PciInfo::read(&host.root(), "0000:01:00.0").unwrap();
         assert_eq!(
             (info.vendor, info.device, info.class),
@@ -176,26 +247,38 @@ mod tests {
         assert_eq!(info.driver.as_deref(), Some("radeon"));
         assert_eq!(info.group, Some(12));
         assert!(info.is_display());
-        assert_eq!(info.class_name(), "Display controller");
-        assert!(info.vendor_name().unwrap().contains("AMD"));
-        let text = info.describe();
-        assert!(text.starts_with("Display controller [0380]: "), "{text}");
-        assert!(text.ends_with("[1002:6660]"), "{text}");
+        assert_eq!(info.class_name(&names), "Display controller");
+        assert_eq!(
+            info.describe(&names),
+            "Display controller [0380]: Advanced Micro Devices, Inc. [AMD/ATI] Sun XT [Radeon HD 8670A/8670M/8690M / R5 M330 / M430 / Radeon 520 Mobile] [1002:6660]"
+        );
         assert!(PciInfo::read(&host.root(), "0000:09:00.0").is_none());
     }
 
     #[test]
-    fn unknown_ids_are_described_by_number() {
+    fn without_the_database_everything_is_a_number() {
+        let host = FakeHost::new();
+        let names = PciNames::load(&host.root());
+        assert!(!names.available());
         let info = PciInfo {
             bdf: "0000:00:05.0".into(),
-            vendor: 0x1234,
-            device: 0x0001,
-            class: 0xff0000,
+            vendor: 0x1002,
+            device: 0x6660,
+            class: 0x038000,
             driver: None,
             group: None,
         };
-        assert!(info
-            .describe()
-            .contains("vendor 1234 device 0001 [1234:0001]"));
+        assert_eq!(info.describe(&names), "Class [0380]: Device [1002:6660]");
+        let known = PciNames::load(&{
+            host.file("usr/share/misc/pci.ids", PCI_IDS);
+            host.root()
+        });
+        let unknown = PciInfo {
+            vendor: 0x1234,
+            device: 0x11e8,
+            class: 0x00ff00,
+            ..info
+        };
+        assert_eq!(unknown.describe(&known), "Class [00ff]: Device [1234:11e8]");
     }
 }

@@ -89,13 +89,13 @@ pub enum Error {
     #[error("{0} has no IOMMU group: turn the IOMMU on (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)")]
     NoIommuGroup(String),
     /// The device itself is not on vfio-pci.
-    #[error("{0} is bound to {1}, not vfio-pci: echo vfio-pci > /sys/bus/pci/devices/{0}/driver_override, then unbind it and echo {0} > /sys/bus/pci/drivers_probe")]
+    #[error("{0} is bound to {1}, not vfio-pci: minivmm bind {0} moves it (or run with --managed, which gives it back afterwards)")]
     NotVfio(String, String),
     /// The device has no driver.
-    #[error("{0} has no driver: modprobe vfio-pci, echo vfio-pci > /sys/bus/pci/devices/{0}/driver_override and echo {0} > /sys/bus/pci/drivers_probe")]
+    #[error("{0} has no driver: minivmm bind {0} puts it on vfio-pci (or run with --managed)")]
     Unbound(String),
     /// Another member of the group is on a host driver.
-    #[error("IOMMU group {group} is not viable: {member} (in the same group as {device}) is bound to {driver}; bind it to vfio-pci too, or unbind it")]
+    #[error("IOMMU group {group} is not viable: {member} (in the same group as {device}) is bound to {driver}; move it to vfio-pci too (minivmm bind --group {device}, or --managed=group), or unbind it")]
     NotViable {
         /// The group.
         group: u32,
@@ -277,7 +277,9 @@ mod tests {
             err("00:02.0"),
             Error::NotVfio("0000:00:02.0".into(), "bochs-drm".into())
         );
-        assert!(err("00:02.0").to_string().contains("driver_override"));
+        assert!(err("00:02.0")
+            .to_string()
+            .contains("minivmm bind 0000:00:02.0"));
         assert_eq!(err("00:03.0"), Error::Unbound("0000:00:03.0".into()));
         let not_viable = err("00:04.0");
         assert!(matches!(not_viable, Error::NotViable { group: 6, .. }));
