@@ -75,6 +75,8 @@ pub struct Probes<'a> {
     pub kvm: &'a dyn Fn(&Path) -> Result<i32, String>,
     /// Read a device's ROM (its sysfs directory), enabling it for the read.
     pub rom: &'a dyn Fn(&Path) -> Result<Vec<u8>, RomReadError>,
+    /// Whether a VFIO group node is open elsewhere (a VM holds the device).
+    pub in_use: &'a dyn Fn(&Path) -> bool,
 }
 
 impl std::fmt::Debug for Probes<'_> {
@@ -89,8 +91,15 @@ impl Probes<'static> {
         Probes {
             kvm: &probe_kvm,
             rom: &read_rom,
+            in_use: &group_in_use,
         }
     }
+}
+
+/// The real in-use probe: VFIO lets one process open a group.
+fn group_in_use(node: &Path) -> bool {
+    use super::binding::Kernel as _;
+    super::binding::RealKernel.group_in_use(node)
 }
 
 /// The real KVM probe: open it and ask `KVM_GET_API_VERSION`.
@@ -666,6 +675,19 @@ fn check_vbios(host: &Host, info: &PciInfo) -> Check {
             "not a display controller".into(),
         );
     }
+    // Enabling the ROM under a running guest would change its device behind its back.
+    let held = info.group.is_some_and(|g| {
+        info.driver.as_deref() == Some(VFIO_PCI)
+            && (host.probes.in_use)(&host.root.path(&format!("dev/vfio/{g}")))
+    });
+    if held {
+        return device_check(
+            info,
+            "vbios",
+            Status::Skip,
+            "not read: a VM has the device now".into(),
+        );
+    }
     let rom = rom_bar_image(host, info);
     if let Ok(size) = &rom {
         return device_check(
@@ -803,6 +825,7 @@ mod tests {
         let probes = Probes {
             kvm: &ok_kvm,
             rom: &plain_rom,
+            in_use: &|_| false,
         };
         run(&host.root(), probes, &config)
     }
@@ -1060,6 +1083,32 @@ mod tests {
             "{}",
             vbios.detail
         );
+    }
+
+    #[test]
+    fn the_rom_of_a_device_a_vm_holds_is_not_touched() {
+        let host = ready_host();
+        let reads = std::cell::Cell::new(0);
+        let counting_rom = |dir: &Path| {
+            reads.set(reads.get() + 1);
+            plain_rom(dir)
+        };
+        let config = DoctorConfig {
+            devices: vec!["0000:01:00.0".into()],
+            memory: 1 << 30,
+        };
+        let probes = |in_use: &'static dyn Fn(&Path) -> bool| Probes {
+            kvm: &ok_kvm,
+            rom: &counting_rom,
+            in_use,
+        };
+        let report = run(&host.root(), probes(&|_| true), &config);
+        let vbios = item(&report, "0000:01:00.0", "vbios");
+        assert_eq!(vbios.status, Status::Skip);
+        assert!(vbios.detail.contains("a VM has the device"));
+        assert_eq!(reads.get(), 0, "the ROM was not enabled");
+        run(&host.root(), probes(&|_| false), &config);
+        assert_eq!(reads.get(), 1, "a free device's ROM is read");
     }
 
     #[test]
