@@ -658,10 +658,10 @@ fn doctor_iommu_groups_bind_and_managed_runs_prepare_and_restore_the_host() {
         // --managed: on vfio-pci during the run, back on its driver after it, however it ends.
         let managed = run.section("managed-run")?;
         expect(
-            driver_at(run, "during", edu) == Some("vfio-pci")
+            driver_at(run, "during-managed-run", edu) == Some("vfio-pci")
                 && managed.has("L2:EDU-ID 0x010000ED")
                 && managed.has("LAB:RESULT managed-run rc=0")
-                && driver_at(run, "after-run", edu) == Some("uio_pci_generic"),
+                && driver_at(run, "after-managed-run", edu) == Some("uio_pci_generic"),
             format!(
                 "--managed run: bound, L2 read edu, restored ({:?})",
                 managed.markers("LAB:")
@@ -669,9 +669,9 @@ fn doctor_iommu_groups_bind_and_managed_runs_prepare_and_restore_the_host() {
         )?;
         let term = run.section("managed-sigterm")?;
         expect(
-            driver_at(run, "during-sigterm", edu) == Some("vfio-pci")
+            driver_at(run, "during-managed-sigterm", edu) == Some("vfio-pci")
                 && term.has("LAB:RESULT managed-sigterm rc=143")
-                && driver_at(run, "after-sigterm", edu) == Some("uio_pci_generic"),
+                && driver_at(run, "after-managed-sigterm", edu) == Some("uio_pci_generic"),
             format!(
                 "--managed and SIGTERM: exit 143, restored ({:?})",
                 term.markers("LAB:")

@@ -54,37 +54,30 @@ show doctor-after minivmm doctor "$edu"
 show unbind minivmm unbind "$edu"
 driver unbound "$edu"
 
-# A --managed run: edu is on vfio-pci while L2 runs, and back on uio_pci_generic after.
-echo "LAB:BEGIN managed-run"
-: > /tmp/l2.log
-minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-  --cmdline "$L2_CMDLINE l2.devices=id l2.hold=3" --memory 256M \
-  --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
-pid=$!
-wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD managed-run"
-driver during "$edu"
-wait $pid
-rc=$?
-grep "L2:EDU-ID" /tmp/l2.log | head -n 1
-sed 's/^/LAB:VMM /' /tmp/vmm.err
-echo "LAB:RESULT managed-run rc=$rc"
-driver after-run "$edu"
+# managed_run NAME L2_ARGS [SIGNAL]: a --managed run with edu, L2 holding on its console;
+# once L2 holds, report edu's driver (and send SIGNAL, if given), then the exit status and
+# edu's driver after minivmm ended.
+managed_run() {
+  echo "LAB:BEGIN $1"
+  : > /tmp/l2.log
+  minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+    --cmdline "$L2_CMDLINE $2" --memory 256M --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
+  pid=$!
+  wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD $1"
+  driver "during-$1" "$edu"
+  [ -n "$3" ] && kill "-$3" $pid
+  wait $pid
+  rc=$?
+  grep "L2:EDU-ID" /tmp/l2.log | head -n 1
+  sed 's/^/LAB:VMM /' /tmp/vmm.err
+  echo "LAB:RESULT $1 rc=$rc"
+  driver "after-$1" "$edu"
+}
 
+# A normal run: edu is on vfio-pci while L2 uses it, and back on uio_pci_generic after.
+managed_run managed-run "l2.devices=id l2.hold=3"
 # SIGTERM while L2 holds: minivmm stops the guest and still gives edu back.
-echo "LAB:BEGIN managed-sigterm"
-: > /tmp/l2.log
-minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-  --cmdline "$L2_CMDLINE l2.hold=120" --memory 256M \
-  --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
-pid=$!
-wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD managed-sigterm"
-driver during-sigterm "$edu"
-kill -TERM $pid
-wait $pid
-rc=$?
-sed 's/^/LAB:VMM /' /tmp/vmm.err
-echo "LAB:RESULT managed-sigterm rc=$rc"
-driver after-sigterm "$edu"
+managed_run managed-sigterm "l2.hold=120" TERM
 
 # A build that fails after the binding (no such kernel).
 show managed-error minivmm --managed --gpu "$edu" --kernel /nonexistent
