@@ -566,155 +566,193 @@ fn driver_at<'a>(run: &'a LabRun, when: &str, bdf: &str) -> Option<&'a str> {
 #[test]
 #[ignore = "needs the nested lab: run tests/run"]
 fn doctor_iommu_groups_bind_and_managed_runs_prepare_and_restore_the_host() {
-    lab_test("host-tools", |run| {
-        let edu = "0000:00:01.0";
-        expect(
-            driver_at(run, "start", edu) == Some("uio_pci_generic"),
-            "edu starts on a host driver (uio_pci_generic)",
-        )?;
-        // iommu-groups: every emulated device, with names from the PCI ID database.
-        let groups = output(run, "groups");
-        expect(
-            run.has("LAB:RC groups rc=0")
-                && groups.iter().any(|l| {
-                    l.contains("0000:00:05.1") && l.contains("Red Hat, Inc. QEMU PCI Test Device")
-                })
-                && groups
-                    .iter()
-                    .any(|l| l.contains("Virtio 1.0 RNG [1af4:1044]"))
-                && groups.iter().any(|l| {
-                    l.contains("0000:00:08.0")
-                        && l.contains("VGA compatible controller [0300]: Advanced Micro Devices")
-                })
-                && groups
-                    .iter()
-                    .any(|l| l.contains(edu) && l.contains("driver: uio_pci_generic")),
-            format!("iommu-groups lists L1's devices with names and drivers: {groups:?}"),
-        )?;
-        expect(
-            run.markers("LAB:GROUPS-JSON ")
+    // One guest per L1 (see the scenario): the tools and a normal --managed run, then a
+    // --managed run stopped by SIGTERM, then --managed=group.
+    let part = |name| RunOptions::default().param("part", name);
+    lab_test_with("host-tools", &part("tools"), host_tools_checks);
+    lab_test_with("host-tools", &part("sigterm"), host_sigterm_checks);
+    lab_test_with("host-tools", &part("group"), host_group_checks);
+}
+
+/// `host-tools` part `tools`: iommu-groups, doctor, bind/unbind, --managed runs that fail
+/// and one that boots.
+fn host_tools_checks(run: &LabRun) -> Checked {
+    let edu = "0000:00:01.0";
+    expect(
+        driver_at(run, "start", edu) == Some("uio_pci_generic"),
+        "edu starts on a host driver (uio_pci_generic)",
+    )?;
+    // iommu-groups: every emulated device, with names from the PCI ID database.
+    let groups = output(run, "groups");
+    expect(
+        run.has("LAB:RC groups rc=0")
+            && groups.iter().any(|l| {
+                l.contains("0000:00:05.1") && l.contains("Red Hat, Inc. QEMU PCI Test Device")
+            })
+            && groups
                 .iter()
-                .any(|l| l.ends_with(" edu=1") && !l.contains("addresses=0 ")),
-            format!(
-                "iommu-groups --json lists edu: {:?}",
-                run.markers("LAB:GROUPS-JSON")
-            ),
-        )?;
-        // doctor: fails on the driver, with the fix, then passes after bind.
-        let before = output(run, "doctor-before");
-        expect(
-            run.has("LAB:RC doctor-before rc=1")
-                && before
-                    .iter()
-                    .any(|l| l.contains("FAIL  driver          uio_pci_generic, not vfio-pci"))
-                && before
-                    .iter()
-                    .any(|l| l.contains(&format!("fix: minivmm bind {edu}")))
-                && before
-                    .iter()
-                    .any(|l| l.contains("ok    iommu ") && l.contains("dmar0"))
-                && before.iter().any(|l| l.contains("ok    irq-remapping"))
-                && before
-                    .iter()
-                    .any(|l| l.contains(&format!("not ready for --gpu {edu}: 1 problem"))),
-            format!(
-                "doctor before bind: exit 1, the driver item fails with the bind fix: {before:?}"
-            ),
-        )?;
-        expect(
-            run.has("LAB:DOCTOR-JSON rc=1 ready=false fails=1"),
-            format!(
-                "doctor --json says not ready: {:?}",
-                run.markers("LAB:DOCTOR-JSON")
-            ),
-        )?;
-        let vga = output(run, "doctor-vga");
-        expect(
-            vga.iter().any(|l| l.contains("ok    vbios           the ROM BAR holds a valid image for 1234:1111"))
-                && vga.iter().any(|l| l.contains("warn  vbios           no usable VBIOS"))
-                && vga.iter().any(|l| l.contains("warn  boot display")),
-            format!("doctor finds VGA's ROM, none for bochs-display, and VGA as the boot display: {vga:?}"),
-        )?;
-        expect(
-            output(run, "bind") == [format!("{edu}: moved from uio_pci_generic to vfio-pci")]
-                && driver_at(run, "bound", edu) == Some("vfio-pci"),
-            "minivmm bind moves edu to vfio-pci",
-        )?;
-        let after = output(run, "doctor-after");
-        expect(
-            run.has("LAB:RC doctor-after rc=0")
-                && after
-                    .iter()
-                    .any(|l| l.contains("ok    group node      /dev/vfio/"))
-                && after
-                    .last()
-                    .is_some_and(|l| *l == format!("ready for --gpu {edu}")),
-            format!("doctor after bind: exit 0, ready: {after:?}"),
-        )?;
-        expect(
-            driver_at(run, "unbound", edu) == Some("uio_pci_generic"),
-            "minivmm unbind gives edu back to uio_pci_generic",
-        )?;
-        // --managed: on vfio-pci during the run, back on its driver after it, however it ends.
-        let managed = run.section("managed-run")?;
-        expect(
-            driver_at(run, "during-managed-run", edu) == Some("vfio-pci")
-                && managed.has("L2:EDU-ID 0x010000ED")
-                && managed.has("LAB:RESULT managed-run rc=0")
-                && driver_at(run, "after-managed-run", edu) == Some("uio_pci_generic"),
-            format!(
-                "--managed run: bound, L2 read edu, restored ({:?})",
-                managed.markers("LAB:")
-            ),
-        )?;
-        let term = run.section("managed-sigterm")?;
-        expect(
-            driver_at(run, "during-managed-sigterm", edu) == Some("vfio-pci")
-                && term.has("LAB:RESULT managed-sigterm rc=143")
-                && driver_at(run, "after-managed-sigterm", edu) == Some("uio_pci_generic"),
-            format!(
-                "--managed and SIGTERM: exit 143, restored ({:?})",
-                term.markers("LAB:")
-            ),
-        )?;
-        expect(
-            run.has("LAB:RC managed-error rc=1")
-                && driver_at(run, "after-error", edu) == Some("uio_pci_generic"),
-            format!(
-                "--managed and a failed build: exit 1, restored ({:?})",
-                output(run, "managed-error")
-            ),
-        )?;
-        // A group: --managed moves only the named function; --managed=group both.
-        let (mf0, mf1) = ("0000:00:05.0", "0000:00:05.1");
-        expect(
-            output(run, "doctor-group").iter().any(|l| {
-                l.contains(&format!(
-                    "FAIL  group viable    {mf1} is on uio_pci_generic"
-                ))
-            }),
-            "doctor names the group member on a host driver",
-        )?;
-        expect(
-            run.has("LAB:RC managed-not-viable rc=1")
-                && output(run, "managed-not-viable")
-                    .iter()
-                    .any(|l| l.contains("not viable"))
-                && driver_at(run, "after-not-viable", mf0) == Some("uio_pci_generic")
-                && driver_at(run, "after-not-viable", mf1) == Some("uio_pci_generic"),
-            format!(
-                "--managed leaves the other function alone, VFIO refuses, both restored: {:?}",
-                output(run, "managed-not-viable")
-            ),
-        )?;
-        expect(
-            run.has("LAB:RC managed-group rc=0")
-                && driver_at(run, "after-group", mf0) == Some("uio_pci_generic")
-                && driver_at(run, "after-group", mf1) == Some("uio_pci_generic"),
-            format!(
-                "--managed=group boots with the group on vfio-pci and restores both: {:?}",
-                output(run, "managed-group")
-            ),
-        )
-    });
+                .any(|l| l.contains("Virtio 1.0 RNG [1af4:1044]"))
+            && groups.iter().any(|l| {
+                l.contains("0000:00:08.0")
+                    && l.contains("VGA compatible controller [0300]: Advanced Micro Devices")
+            })
+            && groups
+                .iter()
+                .any(|l| l.contains(edu) && l.contains("driver: uio_pci_generic")),
+        format!("iommu-groups lists L1's devices with names and drivers: {groups:?}"),
+    )?;
+    expect(
+        run.markers("LAB:GROUPS-JSON ")
+            .iter()
+            .any(|l| l.ends_with(" edu=1") && !l.contains("addresses=0 ")),
+        format!(
+            "iommu-groups --json lists edu: {:?}",
+            run.markers("LAB:GROUPS-JSON")
+        ),
+    )?;
+    // doctor: fails on the driver, with the fix, then passes after bind.
+    let before = output(run, "doctor-before");
+    expect(
+        run.has("LAB:RC doctor-before rc=1")
+            && before
+                .iter()
+                .any(|l| l.contains("FAIL  driver          uio_pci_generic, not vfio-pci"))
+            && before
+                .iter()
+                .any(|l| l.contains(&format!("fix: minivmm bind {edu}")))
+            && before
+                .iter()
+                .any(|l| l.contains("ok    iommu ") && l.contains("dmar0"))
+            && before.iter().any(|l| l.contains("ok    irq-remapping"))
+            && before
+                .iter()
+                .any(|l| l.contains(&format!("not ready for --gpu {edu}: 1 problem"))),
+        format!("doctor before bind: exit 1, the driver item fails with the bind fix: {before:?}"),
+    )?;
+    expect(
+        run.has("LAB:DOCTOR-JSON rc=1 ready=false fails=1"),
+        format!(
+            "doctor --json says not ready: {:?}",
+            run.markers("LAB:DOCTOR-JSON")
+        ),
+    )?;
+    let vga = output(run, "doctor-vga");
+    expect(
+        vga.iter().any(|l| {
+            l.contains("ok    vbios           the ROM BAR holds a valid image for 1234:1111")
+        }) && vga
+            .iter()
+            .any(|l| l.contains("warn  vbios           no usable VBIOS"))
+            && vga.iter().any(|l| l.contains("warn  boot display")),
+        format!(
+            "doctor finds VGA's ROM, none for bochs-display, and VGA as the boot display: {vga:?}"
+        ),
+    )?;
+    expect(
+        output(run, "bind") == [format!("{edu}: moved from uio_pci_generic to vfio-pci")]
+            && driver_at(run, "bound", edu) == Some("vfio-pci"),
+        "minivmm bind moves edu to vfio-pci",
+    )?;
+    let after = output(run, "doctor-after");
+    expect(
+        run.has("LAB:RC doctor-after rc=0")
+            && after
+                .iter()
+                .any(|l| l.contains("ok    group node      /dev/vfio/"))
+            && after
+                .last()
+                .is_some_and(|l| *l == format!("ready for --gpu {edu}")),
+        format!("doctor after bind: exit 0, ready: {after:?}"),
+    )?;
+    expect(
+        driver_at(run, "unbound", edu) == Some("uio_pci_generic"),
+        "minivmm unbind gives edu back to uio_pci_generic",
+    )?;
+    // --managed: on vfio-pci during the run, back on its driver after it, however it ends.
+    let managed = run.section("managed-run")?;
+    expect(
+        driver_at(run, "during-managed-run", edu) == Some("vfio-pci")
+            && managed.has("L2:EDU-ID 0x010000ED")
+            && managed.has("LAB:RESULT managed-run rc=0")
+            && driver_at(run, "after-managed-run", edu) == Some("uio_pci_generic"),
+        format!(
+            "--managed run: bound, L2 read edu, restored ({:?})",
+            managed.markers("LAB:")
+        ),
+    )?;
+    expect(
+        run.has("LAB:RC managed-error rc=1")
+            && output(run, "managed-error")
+                .iter()
+                .any(|l| l.contains("--cpus 9999"))
+            && driver_at(run, "after-error", edu) == Some("uio_pci_generic"),
+        format!(
+            "--managed and a build that fails after binding: exit 1, restored ({:?})",
+            output(run, "managed-error")
+        ),
+    )?;
+    expect(
+        run.has("LAB:RC managed-no-kernel rc=1")
+            && output(run, "managed-no-kernel")
+                .iter()
+                .any(|l| l.contains("cannot read kernel /nonexistent"))
+            && driver_at(run, "after-no-kernel", edu) == Some("uio_pci_generic"),
+        format!(
+            "--managed with a missing kernel: exit 1 before anything is bound ({:?})",
+            output(run, "managed-no-kernel")
+        ),
+    )?;
+    // A group: --managed moves only the named function; --managed=group both.
+    let (mf0, mf1) = ("0000:00:05.0", "0000:00:05.1");
+    expect(
+        output(run, "doctor-group").iter().any(|l| {
+            l.contains(&format!(
+                "FAIL  group viable    {mf1} is on uio_pci_generic"
+            ))
+        }),
+        "doctor names the group member on a host driver",
+    )?;
+    expect(
+        run.has("LAB:RC managed-not-viable rc=1")
+            && output(run, "managed-not-viable")
+                .iter()
+                .any(|l| l.contains("not viable"))
+            && driver_at(run, "after-not-viable", mf0) == Some("uio_pci_generic")
+            && driver_at(run, "after-not-viable", mf1) == Some("uio_pci_generic"),
+        format!(
+            "--managed leaves the other function alone, VFIO refuses, both restored: {:?}",
+            output(run, "managed-not-viable")
+        ),
+    )?;
+    Ok(())
+}
+
+/// `host-tools` part `sigterm`: a --managed run stopped by SIGTERM gives the device back.
+fn host_sigterm_checks(run: &LabRun) -> Checked {
+    let (rng, term) = ("0000:00:06.0", run.section("managed-sigterm")?);
+    expect(
+        driver_at(run, "start", rng) == Some("uio_pci_generic")
+            && driver_at(run, "during-managed-sigterm", rng) == Some("vfio-pci")
+            && term.has("LAB:RESULT managed-sigterm rc=143")
+            && driver_at(run, "after-managed-sigterm", rng) == Some("uio_pci_generic"),
+        format!(
+            "--managed and SIGTERM: exit 143, restored ({:?})",
+            term.markers("LAB:")
+        ),
+    )
+}
+
+/// `host-tools` part `group`: --managed=group moves both functions of pci-testdev and
+/// gives both back.
+fn host_group_checks(run: &LabRun) -> Checked {
+    let (mf0, mf1) = ("0000:00:05.0", "0000:00:05.1");
+    expect(
+        run.has("LAB:RC managed-group rc=0")
+            && driver_at(run, "after-group", mf0) == Some("uio_pci_generic")
+            && driver_at(run, "after-group", mf1) == Some("uio_pci_generic"),
+        format!(
+            "--managed=group boots with the group on vfio-pci and restores both: {:?}",
+            output(run, "managed-group")
+        ),
+    )
 }

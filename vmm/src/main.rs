@@ -35,6 +35,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // A mistyped file must not move a device (Vm::build checks again for everyone else).
+    if config.managed.is_some() {
+        if let Err(e) = minivmm::vm::preflight(&config) {
+            eprintln!("minivmm: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
     let managed = match bind_managed(&config) {
         Ok(managed) => managed,
         Err(e) => {

@@ -106,6 +106,7 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Build the VM `config` describes, ready to run.
     pub fn build(config: &VmConfig) -> Result<Vm, Error> {
+        preflight(config)?;
         let kvm = open_kvm()?;
         check_cpu_count(&kvm, config.cpus)?;
         let vm = Arc::new(create_vm(&kvm)?);
@@ -239,6 +240,16 @@ impl Vm {
         }
         Ok(threads)
     }
+}
+
+/// The checks that need no VM (the files and the command line), before anything is built.
+pub fn preflight(config: &VmConfig) -> Result<(), Error> {
+    let initramfs = config.initramfs.as_deref();
+    Ok(loader::preflight(
+        &config.kernel,
+        initramfs,
+        &config.cmdline,
+    )?)
 }
 
 fn open_kvm() -> Result<Kvm, Error> {

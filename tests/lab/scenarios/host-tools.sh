@@ -1,8 +1,11 @@
 # Preparing a host with minivmm's own tools: iommu-groups lists L1's devices with names;
 # doctor fails on edu while edu is on a host driver (uio_pci_generic here) and passes after
-# minivmm bind; unbind gives it back. Then --managed runs: edu moves to vfio-pci for the run
-# and back to uio_pci_generic afterwards — after a normal end, after SIGTERM, and after a
-# failed build — and --managed=group takes the other function of pci-testdev along.
+# minivmm bind; unbind gives it back. Then --managed runs: the device moves to vfio-pci for
+# the run and back to uio_pci_generic afterwards — after a normal end (edu), after SIGTERM
+# (virtio-rng), and after a failed build (edu) — and --managed=group takes the other
+# function of pci-testdev along. lab.part=tools|sigterm|group picks one part: each runs at
+# most one guest, because L1's kernel has crashed (a stack overflow in a vCPU's KVM_RUN,
+# at the start of the second guest) when one L1 ran several; see docs/ARCHITECTURE.md.
 . /lab/lab.sh
 status=0
 
@@ -34,64 +37,79 @@ driver() {
 edu=$(find_bdf 0x1234 0x11e8)
 mf0=0000:00:05.0
 mf1=0000:00:05.1
+rng=0000:00:06.0
 # Host drivers to take the devices from: uio_pci_generic by ID, as a native driver would.
 echo "1234 11e8" > /sys/bus/pci/drivers/uio_pci_generic/new_id
 echo "1b36 0005" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+echo "1af4 1044" > /sys/bus/pci/drivers/uio_pci_generic/new_id
 driver start "$edu"
 driver start "$mf1"
+driver start "$rng"
 
-show groups minivmm iommu-groups
-# JSON: count what scripts would look for, rather than print it all.
-minivmm iommu-groups --json > /tmp/groups.json
-echo "LAB:GROUPS-JSON addresses=$(grep -c '"address"' /tmp/groups.json) edu=$(grep -c "\"address\": \"$edu\"" /tmp/groups.json)"
-show doctor-before minivmm doctor "$edu"
-minivmm doctor --json "$edu" > /tmp/doctor.json
-echo "LAB:DOCTOR-JSON rc=$? ready=$(sed -n 's/.*"ready": \([a-z]*\).*/\1/p' /tmp/doctor.json) fails=$(grep -c '"status": "fail"' /tmp/doctor.json)"
-show doctor-vga minivmm doctor "$(find_bdf 0x1234 0x1111)" 0000:00:07.0
-show bind minivmm bind "$edu"
-driver bound "$edu"
-show doctor-after minivmm doctor "$edu"
-show unbind minivmm unbind "$edu"
-driver unbound "$edu"
-
-# managed_run NAME L2_ARGS [SIGNAL]: a --managed run with edu, L2 holding on its console;
-# once L2 holds, report edu's driver (and send SIGNAL, if given), then the exit status and
-# edu's driver after minivmm ended.
+# managed_run NAME BDF L2_ARGS [SIGNAL]: a --managed run with that device, L2 holding on
+# its console; once L2 holds, report the device's driver (and send SIGNAL, if given), then
+# the exit status and the driver after minivmm ended.
 managed_run() {
   echo "LAB:BEGIN $1"
   : > /tmp/l2.log
-  minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-    --cmdline "$L2_CMDLINE $2" --memory 256M --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
+  minivmm --managed --gpu "$2" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+    --cmdline "$L2_CMDLINE $3" --memory 256M --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
   pid=$!
   wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD $1"
-  driver "during-$1" "$edu"
-  [ -n "$3" ] && kill "-$3" $pid
+  driver "during-$1" "$2"
+  [ -n "$4" ] && kill "-$4" $pid
   wait $pid
   rc=$?
   grep "L2:EDU-ID" /tmp/l2.log | head -n 1
   sed 's/^/LAB:VMM /' /tmp/vmm.err
   echo "LAB:RESULT $1 rc=$rc"
-  driver "after-$1" "$edu"
+  driver "after-$1" "$2"
 }
 
-# A normal run: edu is on vfio-pci while L2 uses it, and back on uio_pci_generic after.
-managed_run managed-run "l2.devices=id l2.hold=3"
-# SIGTERM while L2 holds: minivmm stops the guest and still gives edu back.
-managed_run managed-sigterm "l2.hold=120" TERM
+part=$(lab_param part tools)
+echo "LAB:PART $part"
+case $part in
+tools)
+  show groups minivmm iommu-groups
+  # JSON: count what scripts would look for, rather than print it all.
+  minivmm iommu-groups --json > /tmp/groups.json
+  echo "LAB:GROUPS-JSON addresses=$(grep -c '"address"' /tmp/groups.json) edu=$(grep -c "\"address\": \"$edu\"" /tmp/groups.json)"
+  show doctor-before minivmm doctor "$edu"
+  minivmm doctor --json "$edu" > /tmp/doctor.json
+  echo "LAB:DOCTOR-JSON rc=$? ready=$(sed -n 's/.*"ready": \([a-z]*\).*/\1/p' /tmp/doctor.json) fails=$(grep -c '"status": "fail"' /tmp/doctor.json)"
+  show doctor-vga minivmm doctor "$(find_bdf 0x1234 0x1111)" 0000:00:07.0
+  show bind minivmm bind "$edu"
+  driver bound "$edu"
+  show doctor-after minivmm doctor "$edu"
+  show unbind minivmm unbind "$edu"
+  driver unbound "$edu"
 
-# A build that fails after the binding (no such kernel).
-show managed-error minivmm --managed --gpu "$edu" --kernel /nonexistent
-driver after-error "$edu"
+  # A build that fails after the binding (more vCPUs than KVM allows): edu goes back.
+  show managed-error minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --cpus 9999
+  driver after-error "$edu"
+  # A kernel that does not exist is found before anything is bound.
+  show managed-no-kernel minivmm --managed --gpu "$edu" --kernel /nonexistent
+  driver after-no-kernel "$edu"
 
-# pci-testdev's two functions share a group and both sit on uio_pci_generic: --managed
-# moves only the one named, so VFIO refuses the group; --managed=group moves both.
-show doctor-group minivmm doctor "$mf0"
-show managed-not-viable minivmm --managed --gpu "$mf0" --kernel "$L2_KERNEL" \
-  --initramfs "$L2_INITRD" --memory 256M --serial none
-driver after-not-viable "$mf0"
-driver after-not-viable "$mf1"
-show managed-group minivmm --managed=group --gpu "$mf0" --kernel "$L2_KERNEL" \
-  --initramfs "$L2_INITRD" --memory 256M --serial none
-driver after-group "$mf0"
-driver after-group "$mf1"
+  # pci-testdev's two functions share a group and both sit on uio_pci_generic: --managed
+  # moves only the one named, so VFIO refuses the group; --managed=group moves both.
+  show doctor-group minivmm doctor "$mf0"
+  show managed-not-viable minivmm --managed --gpu "$mf0" --kernel "$L2_KERNEL" \
+    --initramfs "$L2_INITRD" --memory 256M --serial none
+  driver after-not-viable "$mf0"
+  driver after-not-viable "$mf1"
+  # A normal run: edu is on vfio-pci while L2 uses it, and back on uio_pci_generic after.
+  managed_run managed-run "$edu" "l2.devices=id l2.hold=3"
+;;
+sigterm)
+  # SIGTERM while L2 holds: minivmm stops the guest and still gives the device back.
+  managed_run managed-sigterm "$rng" "l2.hold=120" TERM
+;;
+group)
+  show managed-group minivmm --managed=group --gpu "$mf0" --kernel "$L2_KERNEL" \
+    --initramfs "$L2_INITRD" --memory 256M --serial none
+  driver after-group "$mf0"
+  driver after-group "$mf1"
+;;
+esac
 exit $status

@@ -313,6 +313,33 @@ fn kernel_error(path: &Path, error: LoaderError) -> Error {
     }
 }
 
+/// Bytes of a kernel file [`preflight`] reads: the setup header, or the ELF header.
+const PREFLIGHT_BYTES: u64 = 64 << 10;
+
+/// What can be told about the inputs before anything is built: the kernel is readable and a
+/// 64-bit bzImage or an ELF, the initramfs readable, the command line within the kernel's
+/// limit. Run first, so a mistyped path costs no VM, no DMA mapping and no device moved to
+/// vfio-pci; [`load`] checks all of it again on the real files.
+pub fn preflight(kernel: &Path, initramfs: Option<&Path>, cmdline: &str) -> Result<(), Error> {
+    use std::io::Read as _;
+    let mut head = Vec::new();
+    std::fs::File::open(kernel)
+        .and_then(|f| f.take(PREFLIGHT_BYTES).read_to_end(&mut head))
+        .map_err(read_error("kernel", kernel))?;
+    let header = payload::setup_header(&head);
+    match &header {
+        Some(h) if h.xloadflags & XLF_KERNEL_64 == 0 => return Err(Error::Not64Bit(kernel.into())),
+        Some(_) => {}
+        None if head.starts_with(b"\x7fELF") => {}
+        None => return Err(Error::NotAKernel(kernel.into())),
+    }
+    check_cmdline(cmdline, header.as_ref())?;
+    if let Some(path) = initramfs {
+        std::fs::File::open(path).map_err(read_error("initramfs", path))?;
+    }
+    Ok(())
+}
+
 /// The longest command line `header`'s kernel accepts.
 fn cmdline_limit(header: Option<&setup_header>) -> usize {
     match header {
@@ -322,12 +349,8 @@ fn cmdline_limit(header: Option<&setup_header>) -> usize {
     }
 }
 
-/// Check the command line against the kernel's limit and copy it, NUL terminated.
-pub fn write_cmdline(
-    memory: &GuestMemory,
-    cmdline: &str,
-    header: Option<&setup_header>,
-) -> Result<usize, Error> {
+/// The command line fits `header`'s kernel and is printable ASCII.
+fn check_cmdline(cmdline: &str, header: Option<&setup_header>) -> Result<(), Error> {
     let limit = cmdline_limit(header).min(layout::CMDLINE_MAX_SIZE as usize - 1);
     if cmdline.len() > limit {
         return Err(Error::CmdlineTooLong(cmdline.len(), limit));
@@ -335,6 +358,16 @@ pub fn write_cmdline(
     if !cmdline.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
         return Err(Error::CmdlineNotAscii);
     }
+    Ok(())
+}
+
+/// Check the command line against the kernel's limit and copy it, NUL terminated.
+pub fn write_cmdline(
+    memory: &GuestMemory,
+    cmdline: &str,
+    header: Option<&setup_header>,
+) -> Result<usize, Error> {
+    check_cmdline(cmdline, header)?;
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     memory
@@ -468,6 +501,53 @@ mod tests {
             Err(Error::Read { .. })
         ));
         std::fs::remove_file(text).unwrap();
+    }
+
+    #[test]
+    fn preflight_finds_bad_inputs_before_any_vm_exists() {
+        let mut image = vec![0u8; 4096];
+        let header = setup_header {
+            setup_sects: 1,
+            header: 0x5372_6448,
+            version: 0x020f,
+            loadflags: 1,
+            xloadflags: XLF_KERNEL_64,
+            cmdline_size: 255,
+            ..Default::default()
+        };
+        let size = std::mem::size_of::<setup_header>();
+        image[0x1f1..0x1f1 + size].copy_from_slice(vm_memory::ByteValued::as_slice(&header));
+        let bz = temp_file("preflight-bz", &image);
+        let text = temp_file("preflight-text", b"hello\n");
+        let missing = Path::new("/nonexistent/initrd");
+        assert!(preflight(&bz, None, "console=ttyS0").is_ok());
+        assert!(matches!(
+            preflight(&bz, None, &"x".repeat(256)),
+            Err(Error::CmdlineTooLong(256, 255))
+        ));
+        assert!(matches!(
+            preflight(&bz, Some(missing), ""),
+            Err(Error::Read {
+                what: "initramfs",
+                ..
+            })
+        ));
+        assert!(matches!(
+            preflight(&text, None, ""),
+            Err(Error::NotAKernel(_))
+        ));
+        assert!(matches!(
+            preflight(Path::new("/nonexistent/bzImage"), None, ""),
+            Err(Error::Read { what: "kernel", .. })
+        ));
+        let elf = temp_file("preflight-elf", b"\x7fELF\x02\x01\x01");
+        assert!(
+            preflight(&elf, None, &"x".repeat(2047)).is_ok(),
+            "an ELF takes 2047"
+        );
+        for path in [bz, text, elf] {
+            std::fs::remove_file(path).unwrap();
+        }
     }
 
     #[test]
