@@ -503,21 +503,27 @@ mod tests {
         std::fs::remove_file(text).unwrap();
     }
 
-    #[test]
-    fn preflight_finds_bad_inputs_before_any_vm_exists() {
+    /// A file that is only a bzImage's setup header (with these load flags and command
+    /// line limit): enough for the header checks.
+    fn header_only_bzimage(name: &str, xloadflags: u16, cmdline_size: u32) -> PathBuf {
         let mut image = vec![0u8; 4096];
         let header = setup_header {
             setup_sects: 1,
             header: 0x5372_6448,
             version: 0x020f,
             loadflags: 1,
-            xloadflags: XLF_KERNEL_64,
-            cmdline_size: 255,
+            xloadflags,
+            cmdline_size,
             ..Default::default()
         };
         let size = std::mem::size_of::<setup_header>();
         image[0x1f1..0x1f1 + size].copy_from_slice(vm_memory::ByteValued::as_slice(&header));
-        let bz = temp_file("preflight-bz", &image);
+        temp_file(name, &image)
+    }
+
+    #[test]
+    fn preflight_finds_bad_inputs_before_any_vm_exists() {
+        let bz = header_only_bzimage("preflight-bz", XLF_KERNEL_64, 255);
         let text = temp_file("preflight-text", b"hello\n");
         let missing = Path::new("/nonexistent/initrd");
         assert!(preflight(&bz, None, "console=ttyS0").is_ok());
@@ -553,20 +559,13 @@ mod tests {
     #[test]
     fn a_bzimage_without_a_64_bit_entry_is_refused() {
         let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let mut image = vec![0u8; 4096];
-        let header = setup_header {
-            setup_sects: 1,
-            header: 0x5372_6448,
-            version: 0x020f,
-            loadflags: 1,
-            xloadflags: 0,
-            ..Default::default()
-        };
-        let size = std::mem::size_of::<setup_header>();
-        image[0x1f1..0x1f1 + size].copy_from_slice(vm_memory::ByteValued::as_slice(&header));
-        let path = temp_file("bz32", &image);
+        let path = header_only_bzimage("bz32", 0, 0);
         assert!(matches!(
             load_kernel(&memory, &path),
+            Err(Error::Not64Bit(_))
+        ));
+        assert!(matches!(
+            preflight(&path, None, ""),
             Err(Error::Not64Bit(_))
         ));
         std::fs::remove_file(path).unwrap();
