@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::pci::{driver, group_members, PciInfo, VFIO_PCI, VIABLE_DRIVERS};
+use super::pci::{blocking_members, driver, group_members, PciInfo, VFIO_PCI};
 use super::HostRoot;
 
 /// Where the records of bound devices live, under the root (tmpfs: a reboot forgets the
@@ -162,12 +162,8 @@ impl<K: Kernel> Binder<K> {
         let info = PciInfo::read(&self.root, bdf).ok_or_else(|| Error::NoDevice(bdf.into()))?;
         let mut targets = vec![bdf.to_string()];
         if let (true, Some(number)) = (group, info.group) {
-            for member in group_members(&self.root.sys(), number) {
-                let on = driver(&self.root.pci_device(&member));
-                if member != bdf && on.is_some_and(|d| !VIABLE_DRIVERS.contains(&d.as_str())) {
-                    targets.push(member);
-                }
-            }
+            let blocking = blocking_members(&self.root.sys(), number, bdf);
+            targets.extend(blocking.into_iter().map(|(member, _)| member));
         }
         let mut moved = Vec::new();
         for target in &targets {

@@ -14,9 +14,9 @@ use minivmm_firmware::option_rom;
 use serde_json::json;
 
 use super::pci::{
-    driver, group_members, read_rom, PciInfo, PciNames, RomReadError, VFIO_PCI, VIABLE_DRIVERS,
+    blocking_members, driver, group_members, read_rom, PciInfo, PciNames, RomReadError, VFIO_PCI,
 };
-use super::{memlock_limit, read_trimmed, Credentials, HostRoot};
+use super::{list_names, memlock_limit, read_trimmed, Credentials, HostRoot};
 
 /// How an item stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -207,7 +207,7 @@ pub fn run(root: &HostRoot, probes: Probes, config: &DoctorConfig) -> Report {
         probes,
         creds: Credentials::read(root),
         cmdline: root.read("proc/cmdline").unwrap_or_default(),
-        iommus: list_dir(&root.path("sys/class/iommu")),
+        iommus: list_names(&root.path("sys/class/iommu")),
     };
     let mut checks = Vec::new();
     let kvm = check_kvm(&host);
@@ -259,18 +259,6 @@ fn host_check(item: &'static str, status: Status, detail: impl Into<String>) -> 
 fn with_fix(mut check: Check, fix: impl Into<String>) -> Check {
     check.fix = Some(fix.into());
     check
-}
-
-fn list_dir(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|e| {
-            e.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Whether the current user may open a device node for reading and writing.
@@ -595,13 +583,9 @@ fn check_driver(info: &PciInfo) -> Check {
 }
 
 fn check_viable(host: &Host, info: &PciInfo, group: u32) -> Check {
-    let blocking: Vec<String> = group_members(&host.root.sys(), group)
+    let blocking: Vec<String> = blocking_members(&host.root.sys(), group, &info.bdf)
         .into_iter()
-        .filter(|m| *m != info.bdf)
-        .filter_map(|m| {
-            let on = driver(&host.root.pci_device(&m))?;
-            (!VIABLE_DRIVERS.contains(&on.as_str())).then(|| format!("{m} is on {on}"))
-        })
+        .map(|(member, on)| format!("{member} is on {on}"))
         .collect();
     if blocking.is_empty() {
         return device_check(

@@ -62,6 +62,20 @@ pub fn read_trimmed(path: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The names of a directory's entries, sorted; none when it cannot be read.
+pub fn list_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Who minivmm runs as, from `/proc/self/status`: enough to predict whether an open of a
 /// device node will be allowed, and whether locked memory is limited.
 #[derive(Clone, Debug, PartialEq, Eq)]

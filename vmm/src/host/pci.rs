@@ -177,20 +177,24 @@ pub fn read_rom(dir: &Path) -> Result<Vec<u8>, RomReadError> {
 
 /// The devices in IOMMU group `group`, sorted.
 pub fn group_members(sys: &Path, group: u32) -> Vec<String> {
-    let dir = sys
-        .join("kernel/iommu_groups")
-        .join(group.to_string())
-        .join("devices");
-    let mut members: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
+    super::list_names(
+        &sys.join("kernel/iommu_groups")
+            .join(group.to_string())
+            .join("devices"),
+    )
+}
+
+/// The other members of `bdf`'s group `group` that sit on a driver VFIO does not accept,
+/// with that driver: what keeps the group from being viable.
+pub fn blocking_members(sys: &Path, group: u32, bdf: &str) -> Vec<(String, String)> {
+    group_members(sys, group)
+        .into_iter()
+        .filter(|member| member != bdf)
+        .filter_map(|member| {
+            let on = driver(&sys.join("bus/pci/devices").join(&member))?;
+            (!VIABLE_DRIVERS.contains(&on.as_str())).then_some((member, on))
         })
-        .unwrap_or_default();
-    members.sort();
-    members
+        .collect()
 }
 
 /// The driver a device (its sysfs directory) is bound to, if any.

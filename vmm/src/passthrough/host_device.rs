@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::host::pci::{driver, group_members, link_name, VIABLE_DRIVERS};
+use crate::host::pci::{blocking_members, driver, link_name};
 
 /// A device named with `--gpu`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,21 +167,13 @@ pub fn check(sys: &Path, spec: &GpuSpec) -> Result<HostDevice, Error> {
         Some(driver) => return Err(Error::NotVfio(name, driver)),
         None => return Err(Error::Unbound(name)),
     }
-    for member in group_members(sys, group) {
-        if member == name {
-            continue;
-        }
-        let member_path = sys.join("bus/pci/devices").join(&member);
-        if let Some(driver) = driver(&member_path) {
-            if !VIABLE_DRIVERS.contains(&driver.as_str()) {
-                return Err(Error::NotViable {
-                    group,
-                    device: name,
-                    member,
-                    driver,
-                });
-            }
-        }
+    if let Some((member, driver)) = blocking_members(sys, group, &name).into_iter().next() {
+        return Err(Error::NotViable {
+            group,
+            device: name,
+            member,
+            driver,
+        });
     }
     Ok(device)
 }
