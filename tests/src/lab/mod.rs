@@ -13,6 +13,7 @@ mod l1;
 use std::fmt::Display;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use console::{fields, Markers, Section};
@@ -133,6 +134,34 @@ impl LabRun {
     }
 }
 
+/// Oldest QEMU whose TCG runs nested SVM reliably enough for the lab (7.2 corrupted L1 or L2
+/// state in every other L2 boot; 10.0 is measured good).
+const MIN_QEMU_MAJOR: u32 = 10;
+
+/// The major version in `qemu-system-x86_64 --version`'s first line.
+fn qemu_major(version_output: &str) -> Option<u32> {
+    let rest = version_output
+        .lines()
+        .next()?
+        .strip_prefix("QEMU emulator version ")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+fn check_qemu_version() -> Result<()> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .context(|| "cannot run qemu-system-x86_64 --version".to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match qemu_major(&text) {
+        Some(major) if major >= MIN_QEMU_MAJOR => Ok(()),
+        _ => Err(format!(
+            "the lab needs QEMU {MIN_QEMU_MAJOR} or newer, found \"{}\": run tests/lab/prepare",
+            text.lines().next().unwrap_or("").trim()
+        )),
+    }
+}
+
 impl Lab {
     /// Finds `tests/lab`, the prepared cache and the minivmm binary (`MINIVMM_BIN`, else
     /// `<workspace>/target/release/minivmm`). The error says what to run.
@@ -166,6 +195,7 @@ impl Lab {
         if image::find_in_path("qemu-system-x86_64").is_none() {
             return Err("qemu-system-x86_64 is not installed: run tests/lab/prepare".into());
         }
+        check_qemu_version()?;
         let minivmm = match std::env::var_os("MINIVMM_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => tests
@@ -313,5 +343,20 @@ impl<T, E: Display> Context<T> for std::result::Result<T, E> {
 impl<T> Context<T> for Option<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.ok_or_else(what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qemu_major;
+
+    #[test]
+    fn qemu_major_reads_the_first_line() {
+        let debian12 = "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright";
+        assert_eq!(qemu_major(debian12), Some(7));
+        let backports = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)";
+        assert_eq!(qemu_major(backports), Some(10));
+        assert_eq!(qemu_major("qemu-system-x86_64: not a version line"), None);
+        assert_eq!(qemu_major(""), None);
     }
 }
