@@ -231,15 +231,18 @@ fn init_logging(verbose: u8, trace: &[Trace]) {
     for t in trace {
         filter = format!("{filter},{}", t.directive());
     }
+    // Log lines carry the time since minivmm started, so `-v` shows where start-up time goes.
+    let start = std::time::Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
-        .format(|out, record| {
+        .format(move |out, record| {
             use std::io::Write;
             // Trace lines carry their kind first ("pci 00:01.0 read ..."), for grep.
             match record.target() {
                 target @ ("pci" | "bar" | "irq") => writeln!(out, "{target} {}", record.args()),
                 _ => writeln!(
                     out,
-                    "[{} {}] {}",
+                    "[{:8.3} {} {}] {}",
+                    start.elapsed().as_secs_f64(),
                     record.level(),
                     record.target(),
                     record.args()

@@ -107,6 +107,7 @@ impl Vm {
     /// Build the VM `config` describes, ready to run.
     pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         preflight(config)?;
+        log::info!("inputs checked");
         let kvm = open_kvm()?;
         check_cpu_count(&kvm, config.cpus)?;
         let vm = Arc::new(create_vm(&kvm)?);
@@ -195,6 +196,7 @@ impl Vm {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let threads = self.spawn_vcpus(&state, &stop)?;
+        log::info!("vCPUs running");
         let finish = loop {
             if let Some(finish) = state.finished() {
                 break finish;

@@ -239,6 +239,7 @@ struct LoadedKernel {
 /// whole image with its own decompressor — or an ELF vmlinux.
 fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<LoadedKernel, Error> {
     let image = std::fs::read(path).map_err(read_error("kernel", path))?;
+    log::info!("kernel read: {} KiB", image.len() >> 10);
     if let Some(header) = payload::setup_header(&image) {
         if header.xloadflags & XLF_KERNEL_64 == 0 {
             return Err(Error::Not64Bit(path.into()));

@@ -145,9 +145,45 @@ fn read_exact(reader: &mut dyn Read, buf: &mut [u8]) -> Result<(), Skip> {
         .map_err(|e| Skip::Corrupt(e.to_string()))
 }
 
+/// Granule of [`write_nonzero_pages`]: one x86 page.
+const PAGE: usize = 4096;
+
+/// Write `buf` at `addr` except its all-zero pages, which fresh guest RAM already holds.
+/// A distribution vmlinux carries tens of MiB of zeros in its last segment (bss and brk sit
+/// in front of `.init.scratch`, so they are file bytes); skipping them leaves those pages
+/// untouched: no page faults, no host memory until the guest uses them.
+fn write_nonzero_pages<M: GuestMemoryBackend + ?Sized>(
+    memory: &M,
+    buf: &[u8],
+    addr: u64,
+) -> Result<(), Skip> {
+    let is_zero = |page: &[u8]| page.chunks(16).all(|w| w.iter().all(|&b| b == 0));
+    let mut run_start = None;
+    let pages = buf.len().div_ceil(PAGE);
+    for index in 0..=pages {
+        let page = buf.get(index * PAGE..((index + 1) * PAGE).min(buf.len()));
+        let zero = page.is_none_or(is_zero);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(index * PAGE),
+            (true, Some(start)) => {
+                let run = buf
+                    .get(start..(index * PAGE).min(buf.len()))
+                    .unwrap_or_default();
+                memory
+                    .write_slice(run, GuestAddress(addr + start as u64))
+                    .map_err(|e| Skip::Corrupt(e.to_string()))?;
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Stream a vmlinux from `reader` straight into guest memory, segment by segment, without
 /// holding the whole (tens of MiB) image in host memory. Segments must sit above `min_addr`
-/// and inside guest RAM; bss is left as the fresh, zeroed guest RAM it lands in.
+/// and inside guest RAM, which must be fresh (all zero): bss, and every all-zero page of the
+/// file, are left as the zeroed guest RAM they land in.
 pub fn load_vmlinux<M: GuestMemoryBackend + ?Sized>(
     memory: &M,
     reader: &mut dyn Read,
@@ -199,9 +235,7 @@ pub fn load_vmlinux<M: GuestMemoryBackend + ?Sized>(
             let n = (segment.filesz - copied).min(CHUNK as u64) as usize;
             let buf = chunk.get_mut(..n).unwrap_or_default();
             read_exact(reader, buf)?;
-            memory
-                .write_slice(buf, GuestAddress(segment.paddr + copied))
-                .map_err(|e| Skip::Corrupt(e.to_string()))?;
+            write_nonzero_pages(memory, buf, segment.paddr + copied)?;
             copied += n as u64;
         }
         position = segment.offset + segment.filesz;
@@ -349,6 +383,49 @@ mod tests {
         elf[64 + 24..64 + 32].copy_from_slice(&(64u64 << 20).to_le_bytes());
         let (_, result) = load(&bzimage(&xz(&elf)));
         assert!(matches!(result, Err(Skip::Corrupt(_))), "{result:?}");
+    }
+
+    /// Whether the host page behind guest address `addr` is resident.
+    fn resident(memory: &Memory, addr: u64) -> bool {
+        let host = memory.get_host_address(GuestAddress(addr)).unwrap();
+        let mut vec = 0u8;
+        // SAFETY: mincore on one page of a mapping `memory` owns, writing one byte to `vec`.
+        let rc = unsafe { libc::mincore(host.cast(), PAGE, &mut vec) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec & 1 == 1
+    }
+
+    #[test]
+    fn zero_pages_of_the_file_are_not_written() {
+        // A segment of three file pages: data, zeros, data (bss-in-the-file, as in Debian's
+        // vmlinux). Its zero page must read as zeros and stay out of host memory.
+        let mut elf = fake_vmlinux();
+        elf.resize(0x6000, 0);
+        elf[64 + 8..64 + 16].copy_from_slice(&0x3000u64.to_le_bytes()); // offset
+        elf[64 + 32..64 + 40].copy_from_slice(&0x3000u64.to_le_bytes()); // filesz
+        elf[64 + 40..64 + 48].copy_from_slice(&0x3000u64.to_le_bytes()); // memsz
+        elf[0x3000..0x4000].fill(0x11);
+        elf[0x5000..0x6000].fill(0x33);
+        let image = bzimage(&xz(&elf));
+        let memory = memory();
+        let host = memory.get_host_address(GuestAddress(0)).unwrap();
+        // Keep huge pages out, so that residency is per 4 KiB page.
+        // SAFETY: madvise on the mapping `memory` owns; it changes no contents.
+        let rc = unsafe { libc::madvise(host.cast(), 4 << 20, libc::MADV_NOHUGEPAGE) };
+        assert_eq!(rc, 0);
+        let header = setup_header(&image).unwrap();
+        let result = decoder(&image, &header)
+            .and_then(|mut reader| load_vmlinux(&memory, &mut reader, 0x10_0000));
+        assert_eq!(result.unwrap().end, 0x30_3000);
+        // Before anything reads it back (a read would map the kernel's shared zero page).
+        assert!(resident(&memory, 0x30_0000));
+        assert!(!resident(&memory, 0x30_1000), "the zero page was written");
+        assert!(resident(&memory, 0x30_2000));
+        let mut segment = vec![0u8; 0x3000];
+        memory
+            .read_slice(&mut segment, GuestAddress(0x30_0000))
+            .unwrap();
+        assert_eq!(segment, elf[0x3000..0x6000]);
     }
 
     #[test]
