@@ -2,10 +2,12 @@
 //! Each takes minutes and needs root, QEMU and `tests/lab/prepare`: run them with `tests/run`.
 //! A missing prerequisite fails the test with what to run; it never passes.
 //!
-//! The lab itself is not perfectly reliable: L1's KVM runs on TCG's emulation of AMD SVM,
-//! and about one L2 boot in fifteen dies early or takes L1's kernel down with it, under QEMU
-//! as under minivmm. So a scenario whose checks fail runs again, up to three attempts; every
-//! failure is printed in full, and the test passes only if an attempt meets every check.
+//! L1 runs on TCG's emulation of AMD SVM, which under QEMU 7.2 broke about every other
+//! second guest in one L1; the lab needs QEMU 10 (see `tests/lab/prepare`), under which no
+//! such failure has been seen. An L1 that still does not come up, crashes or hangs (no
+//! LAB:DONE, killed by the watchdog) is the lab's failure, not minivmm's: the scenario runs
+//! again, up to three attempts, each failure printed in full. A scenario that ran to its end
+//! and fails a check fails the test at once.
 
 use minivmm_tests::lab::{End, Lab, LabRun, Markers, RunOptions};
 
@@ -30,11 +32,11 @@ fn check_l1(run: &LabRun) -> Checked {
     expect(run.end == End::Exited(Some(0)), "L1 powered off by itself")
 }
 
-/// How many times a scenario runs before its failure counts.
+/// How many times a scenario runs while L1 itself fails.
 const ATTEMPTS: usize = 3;
 
-/// Run `scenario` and `checks` on it, up to [`ATTEMPTS`] times while they fail; each failure
-/// is printed in full, and the test fails when the last attempt does.
+/// Run `scenario` and `checks` on it. A run whose L1 failed ([`check_l1`]) is printed in full
+/// and tried again, up to [`ATTEMPTS`] times; a complete run must meet every check.
 fn lab_test(scenario: &str, checks: impl Fn(&LabRun) -> Checked) -> LabRun {
     lab_test_with(scenario, &RunOptions::default(), checks)
 }
@@ -51,7 +53,8 @@ fn lab_test_with(
             .run(scenario, options)
             .unwrap_or_else(|e| panic!("lab {scenario}: {e}"));
         println!("{}", run.summary());
-        let Err(what) = check_l1(&run).and_then(|()| checks(&run)) else {
+        let l1 = check_l1(&run);
+        let Err(what) = l1.clone().and_then(|()| checks(&run)) else {
             return run;
         };
         let report = format!(
@@ -59,17 +62,17 @@ fn lab_test_with(
             run.log_path.display(),
             run.tail(60)
         );
-        if attempt == ATTEMPTS {
+        if l1.is_ok() || attempt == ATTEMPTS {
             panic!("{report}");
         }
-        println!("{report}\n--- running it again ---");
+        println!("{report}\n--- L1 failed: running it again ---");
     }
     unreachable!("the last attempt returns or panics")
 }
 
 /// A number reported as `key=N` in the last marker starting with `prefix`: a benchmark
 /// measures a VMM whose guest never got there once more, after a `LAB:FLAKE` line (see
-/// [`print_flakes`]), and the last measurement is the one that counts.
+/// [`check_flakes`]), and the last measurement is the one that counts.
 fn number(run: &LabRun, prefix: &str, key: &str) -> Result<f64, String> {
     let value = run
         .markers(prefix)
@@ -179,7 +182,7 @@ fn bad_inputs_fail_with_one_line_and_no_panic() {
 #[ignore = "needs the nested lab: run tests/run"]
 fn bench_against_qemu_time_to_init_and_own_memory() {
     lab_test("bench", |run| {
-        print_flakes(run);
+        check_flakes(run)?;
         let field = |vmm: &str, key: &str| number(run, &format!("LAB:BENCH vmm={vmm} "), key);
         let (q_init, q_own) = (field("qemu", "init_ms")?, field("qemu", "own_kib")?);
         let (m_init, m_own) = (field("minivmm", "init_ms")?, field("minivmm", "own_kib")?);
@@ -377,16 +380,22 @@ fn bench_passthrough_against_qemu_time_to_usable_device() {
     }
 }
 
-/// Print the `LAB:FLAKE` lines of a benchmark run, so a re-measured VMM is never silent.
-fn print_flakes(run: &LabRun) {
-    for flake in run.markers("LAB:FLAKE ") {
+/// Print the `LAB:FLAKE` lines of a benchmark run, so a re-measured VMM is never silent. The
+/// peer may be measured again; a minivmm guest that did not get there is a failure.
+fn check_flakes(run: &LabRun) -> Checked {
+    let flakes = run.markers("LAB:FLAKE ");
+    for flake in &flakes {
         println!("{flake}");
     }
+    expect(
+        !flakes.iter().any(|f| f.contains("minivmm")),
+        "every minivmm guest of the benchmark got there the first time",
+    )
 }
 
 /// The checks of one size of the passthrough benchmark.
 fn bench_passthrough_checks(run: &LabRun, mem: &str) -> Checked {
-    print_flakes(run);
+    check_flakes(run)?;
     let field =
         |vmm: &str, key: &str| number(run, &format!("LAB:PTBENCH vmm={vmm} mem={mem} "), key);
     let (q, m) = (field("qemu", "usable_ms")?, field("minivmm", "usable_ms")?);
