@@ -83,6 +83,8 @@ impl VcpuRunner<'_> {
                 if let Some(coalesced) = self.coalesced {
                     coalesced.drain(self.buses);
                 }
+                // Where a stopped guest was: the first question about a guest that hung.
+                log::info!("{}", self.describe("stopped"));
                 return Outcome::Stopped;
             }
             match self.step() {

@@ -63,7 +63,7 @@ measure() {
 }
 
 # measure_settled NAME: measure; when the guest never reached L2:INIT say so (LAB:FLAKE) and
-# measure once more. The test accepts that of the peer and fails on a minivmm flake.
+# measure once more. The test accepts that of the peer; a minivmm flake fails the attempt.
 measure_settled() {
   measure "$1"
   if [ "$INIT_MS" = NA ]; then
