@@ -47,9 +47,13 @@ measure() {
   # that), so each run ends by itself unless it is stuck.
   deadline=$(( $(now_ms) + 30000 ))
   while alive "$pid" && [ "$(now_ms)" -lt "$deadline" ]; do usleep 100000; done
+  # SIGTERM first: a stuck minivmm then logs where its vCPU was (-v).
+  alive "$pid" && { kill "$pid"; usleep 500000; }
   kill -9 "$pid" 2>/dev/null
   wait "$pid"
   grep -a "L2:EDU-ID" "$log" | head -n 1 | sed "s/^/[$1 $2] /"
+  # A guest that never got there: how far it came, and what the VMM said.
+  [ "$usable" = NA ] && tail -n 5 "$log" "$log.err" | sed "s/^/LAB:FLAKE-LOG [$1 $2] /"
   dma=$(sed -n 's/.*DMA-mapped [0-9]* MiB of guest RAM in \([0-9.]*\) ms.*/\1/p' "$log.err")
   echo "LAB:PTBENCH vmm=$1 mem=$2 usable_ms=$usable dma_ms=${dma:-NA}"
   USABLE=$usable
