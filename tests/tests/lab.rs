@@ -4,8 +4,8 @@
 //!
 //! L1 runs on TCG's emulation of AMD SVM, which under QEMU 7.2 broke about every other
 //! second guest in one L1; the lab needs QEMU 10 (see `tests/lab/prepare`). Under it L2 still
-//! fails now and then (a hang or a triple fault in about one guest in twenty, likely L1's
-//! nested KVM on TCG: see docs/ARCHITECTURE.md, "The lab's QEMU"). So a scenario whose checks
+//! fails now and then (a hang or a triple fault in about one minivmm guest in twenty, cause
+//! not known: see docs/ARCHITECTURE.md, "The lab's QEMU"). So a scenario whose checks
 //! fail runs again, up to three attempts; every failure is printed in full, and the test
 //! passes only if an attempt meets every check.
 
