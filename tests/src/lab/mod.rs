@@ -134,8 +134,8 @@ impl LabRun {
     }
 }
 
-/// Oldest QEMU whose TCG runs nested SVM reliably enough for the lab (7.2 corrupted L1 or L2
-/// state in every other L2 boot; 10.0 is measured good).
+/// Oldest QEMU whose TCG runs nested SVM reliably enough for the lab (under 7.2 about every
+/// other second guest of an L1 broke L1 or L2; under 10.0 about one guest in twenty fails).
 const MIN_QEMU_MAJOR: u32 = 10;
 
 /// The major version in `qemu-system-x86_64 --version`'s first line.
