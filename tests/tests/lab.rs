@@ -688,27 +688,26 @@ fn host_tools_checks(run: &LabRun) -> Checked {
             managed.markers("LAB:")
         ),
     )?;
-    expect(
-        run.has("LAB:RC managed-error rc=1")
-            && output(run, "managed-error")
-                .iter()
-                .any(|l| l.contains("--cpus 9999"))
-            && driver_at(run, "after-error", edu) == Some("uio_pci_generic"),
-        format!(
-            "--managed and a build that fails after binding: exit 1, restored ({:?})",
-            output(run, "managed-error")
-        ),
+    // A --managed run that fails: exit 1, its message, and edu back on (or still on) its driver.
+    let managed_failure = |case: &str, says: &str, after: &str, what: &str| {
+        expect(
+            run.has(&format!("LAB:RC {case} rc=1"))
+                && output(run, case).iter().any(|l| l.contains(says))
+                && driver_at(run, after, edu) == Some("uio_pci_generic"),
+            format!("--managed {what} ({:?})", output(run, case)),
+        )
+    };
+    managed_failure(
+        "managed-error",
+        "--cpus 9999",
+        "after-error",
+        "and a build that fails after binding: exit 1, restored",
     )?;
-    expect(
-        run.has("LAB:RC managed-no-kernel rc=1")
-            && output(run, "managed-no-kernel")
-                .iter()
-                .any(|l| l.contains("cannot read kernel /nonexistent"))
-            && driver_at(run, "after-no-kernel", edu) == Some("uio_pci_generic"),
-        format!(
-            "--managed with a missing kernel: exit 1 before anything is bound ({:?})",
-            output(run, "managed-no-kernel")
-        ),
+    managed_failure(
+        "managed-no-kernel",
+        "cannot read kernel /nonexistent",
+        "after-no-kernel",
+        "with a missing kernel: exit 1 before anything is bound",
     )?;
     // A group: --managed moves only the named function; --managed=group both.
     let (mf0, mf1) = ("0000:00:05.0", "0000:00:05.1");
