@@ -331,7 +331,7 @@ pub fn preflight(kernel: &Path, initramfs: Option<&Path>, cmdline: &str) -> Resu
     match &header {
         Some(h) if h.xloadflags & XLF_KERNEL_64 == 0 => return Err(Error::Not64Bit(kernel.into())),
         Some(_) => {}
-        None if head.starts_with(b"\x7fELF") => {}
+        None if head.starts_with(payload::ELF_MAGIC) => {}
         None => return Err(Error::NotAKernel(kernel.into())),
     }
     check_cmdline(cmdline, header.as_ref())?;

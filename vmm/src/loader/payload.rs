@@ -22,7 +22,7 @@ const MAX_VMLINUX: u64 = 512 << 20;
 /// Magic numbers of the payload formats minivmm decodes.
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const ELF_MAGIC: &[u8] = b"\x7fELF";
+pub const ELF_MAGIC: &[u8] = b"\x7fELF";
 
 /// A bzImage's setup header, read from the file's bytes.
 pub fn setup_header(image: &[u8]) -> Option<setup_header> {
