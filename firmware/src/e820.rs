@@ -106,7 +106,7 @@ mod tests {
                 E820Entry::ram(0, 0x9_fc00),
                 E820Entry::reserved(0xe_0000, 0x2_0000),
                 E820Entry::ram(0x10_0000, 256 << 20),
-                E820Entry::reserved(0xe000_0000, 0x1000_0000),
+                E820Entry::reserved(0xe000_0000, 0x10_0000),
             ]
         );
     }

@@ -11,7 +11,7 @@
 //! 0x0010_0000  ├ kernel (bzImage protected-mode part), then RAM up to the hole
 //!       …      │ initramfs at the top of RAM below the hole
 //! 0xc000_0000  ├ 32-bit PCI MMIO window (non-prefetchable BARs)
-//! 0xe000_0000  ├ PCI ECAM (256 buses × 1 MiB)                      (reserved in e820)
+//! 0xe000_0000  ├ PCI ECAM (bus 0 only: 1 MiB)                      (reserved in e820)
 //! 0xfec0_0000  ├ IOAPIC
 //! 0xfee0_0000  ├ LAPIC
 //! 0x1_0000_0000├ RAM above 4 GiB, when the guest has more than fits below the hole
@@ -63,9 +63,12 @@ pub const PCI_MMIO32_START: u64 = MEM_32BIT_HOLE_START;
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 /// PCI Express enhanced configuration space (ECAM / MMCONFIG).
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
-/// Buses covered by ECAM; 1 MiB of configuration space each.
-pub const PCI_ECAM_BUSES: u64 = 256;
-/// Size of ECAM: 256 buses × 32 devices × 8 functions × 4 KiB.
+/// Buses covered by ECAM (and the root bridge's `_CRS`); 1 MiB of configuration space each.
+/// minivmm has one root bus and no bridges, so one. Linux takes the last ECAM bus as the
+/// last bus to probe for peer host bridges, 32 configuration reads per bus: with 256 buses
+/// that is 8,160 port exits during every boot, for buses that cannot exist.
+pub const PCI_ECAM_BUSES: u64 = 1;
+/// Size of ECAM: buses × 32 devices × 8 functions × 4 KiB.
 pub const PCI_ECAM_SIZE: u64 = PCI_ECAM_BUSES << 20;
 /// IOAPIC MMIO base (fixed by convention and by the in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;

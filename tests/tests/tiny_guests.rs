@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use minivmm::coalesced::CoalescedIo;
 use minivmm::cpu::regs;
-use minivmm::memory::{self, GuestMemory};
+use minivmm::memory::{self, GuestRam};
 use minivmm::vcpu::{Buses, ExitCounters, Outcome, VcpuRunner};
 use minivmm_devices::bus::{BusDevice, Effect};
 use minivmm_devices::power::{self, AcpiPower};
@@ -48,7 +48,7 @@ struct TinyVm {
     vm: Arc<VmFd>,
     coalesced: Option<CoalescedIo>,
     vcpu: VcpuFd,
-    memory: GuestMemory,
+    memory: GuestRam,
     buses: Buses,
     counters: ExitCounters,
 }

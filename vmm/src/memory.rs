@@ -3,7 +3,10 @@
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use minivmm_firmware::layout::GuestLayout;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+#[cfg(test)]
+use vm_memory::Bytes;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 /// Guest RAM as minivmm maps it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -34,23 +37,131 @@ fn host_ram() -> Option<u64> {
     (rc == 0).then(|| info.totalram * u64::from(info.mem_unit))
 }
 
+/// Huge-page size of x86-64: the alignment guest RAM's host mappings get.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Guest RAM: vm-memory's view of it plus the host mappings behind that view.
+///
+/// vm-memory maps regions wherever mmap puts them, which on Linux before 6.7 is only 4 KiB
+/// aligned. KVM maps guest memory with 2 MiB stage-2 pages only where guest-physical and host
+/// addresses agree modulo 2 MiB, so a misaligned mapping costs the guest a nested page fault
+/// per 4 KiB page it touches. minivmm therefore maps each region itself, 2 MiB aligned, and
+/// hands vm-memory the address; this type owns the mappings and unmaps them after the view.
+pub struct GuestRam {
+    // Field order is drop order: the view goes before the mappings it points into.
+    memory: GuestMemory,
+    _mappings: Vec<AlignedMapping>,
+}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("regions", &self.memory.num_regions())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for GuestRam {
+    type Target = GuestMemory;
+    fn deref(&self) -> &GuestMemory {
+        &self.memory
+    }
+}
+
+/// An anonymous, private, read-write mapping whose start is 2 MiB aligned, inside a
+/// reservation 2 MiB larger whose inaccessible ends stay mapped: had they been unmapped, the
+/// aligned 2 MiB hole left behind would be just right for the next thread stack to land in
+/// and be backed by a whole huge page. The reservation is unmapped on drop.
+struct AlignedMapping {
+    /// Start of the reservation (integers, so that guest RAM can move between threads).
+    reserved: usize,
+    reserved_len: usize,
+    /// Start of the usable, aligned part.
+    addr: usize,
+}
+
+impl AlignedMapping {
+    fn new(len: usize) -> std::io::Result<AlignedMapping> {
+        let reserved_len = len
+            .checked_add(HUGE_PAGE)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks; nothing else
+        // refers to it yet.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reserved_len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mapping = AlignedMapping {
+            reserved: raw as usize,
+            reserved_len,
+            addr: (raw as usize).next_multiple_of(HUGE_PAGE),
+        };
+        // SAFETY: the aligned range lies inside the reservation made above, which only this
+        // value refers to; on failure `mapping`'s drop unmaps the reservation.
+        let rc = unsafe {
+            libc::mprotect(
+                mapping.addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(mapping)
+    }
+}
+
+impl Drop for AlignedMapping {
+    fn drop(&mut self) {
+        // SAFETY: the reservation was made by `new` and is owned by this value alone; the
+        // vm-memory view into it is dropped first (see `GuestRam`).
+        unsafe { libc::munmap(self.reserved as *mut libc::c_void, self.reserved_len) };
+    }
+}
+
 /// Lay out and map `size` bytes of guest RAM.
-pub fn create(size: u64) -> Result<(GuestLayout, GuestMemory), Error> {
+pub fn create(size: u64) -> Result<(GuestLayout, GuestRam), Error> {
     if let Some(host) = host_ram() {
         if size > host {
             return Err(Error::MoreThanHost(size >> 20, host >> 20));
         }
     }
     let layout = GuestLayout::new(size).ok_or(Error::Layout(size >> 20))?;
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .ram
-        .iter()
-        .map(|r| (GuestAddress(r.start), r.size as usize))
-        .collect();
-    let memory =
-        GuestMemory::from_ranges(&ranges).map_err(|e| Error::Map(size >> 20, e.to_string()))?;
+    let map_error = |e: &dyn std::fmt::Display| Error::Map(size >> 20, e.to_string());
+    let mut mappings = Vec::new();
+    let mut regions = Vec::new();
+    for range in &layout.ram {
+        let len = usize::try_from(range.size).map_err(|e| map_error(&e))?;
+        let mapping = AlignedMapping::new(len).map_err(|e| map_error(&e))?;
+        // SAFETY: `mapping` is a live mapping of exactly `len` bytes, kept alive by the
+        // returned GuestRam for as long as the region built on it.
+        let region =
+            unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(mapping.addr as *mut u8) }
+                .build()
+                .map_err(|e| map_error(&e))?;
+        mappings.push(mapping);
+        regions.push(
+            GuestRegionMmap::new(region, GuestAddress(range.start))
+                .ok_or_else(|| map_error(&"region wraps the address space"))?,
+        );
+    }
+    let memory = GuestMemory::from_regions(regions).map_err(|e| map_error(&e))?;
     request_huge_pages(&memory);
-    Ok((layout, memory))
+    let ram = GuestRam {
+        memory,
+        _mappings: mappings,
+    };
+    Ok((layout, ram))
 }
 
 /// Ask for transparent huge pages on guest RAM: fewer host page faults while loading, and
@@ -92,4 +203,54 @@ pub fn register_slots(vm: &VmFd, memory: &GuestMemory) -> Result<u32, Error> {
         slot += 1;
     }
     Ok(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_address(ram: &GuestRam, index: usize) -> (u64, usize) {
+        let region = ram.iter().nth(index).expect("region");
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .expect("host address");
+        (region.start_addr().0, host as usize)
+    }
+
+    #[test]
+    fn host_mappings_agree_with_guest_addresses_modulo_2mib() {
+        for size in [2 << 20, 255 << 20, 256 << 20] {
+            let (layout, ram) = create(size).expect("guest RAM");
+            assert_eq!(ram.iter().count(), layout.ram.len());
+            for index in 0..layout.ram.len() {
+                let (guest, host) = host_address(&ram, index);
+                assert_eq!(
+                    (host as u64).wrapping_sub(guest) % HUGE_PAGE as u64,
+                    0,
+                    "{size:#x}: region {index} at {guest:#x} mapped at {host:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn guest_ram_is_usable_and_unmapped_on_drop() {
+        let (_, ram) = create(4 << 20).expect("guest RAM");
+        ram.write_obj(0x1234_5678u32, GuestAddress((4 << 20) - 4))
+            .expect("last word");
+        assert_eq!(
+            ram.read_obj::<u32>(GuestAddress((4 << 20) - 4)).ok(),
+            Some(0x1234_5678)
+        );
+        let (_, host) = host_address(&ram, 0);
+        drop(ram);
+        let mut resident = [0u8; 1];
+        // SAFETY: mincore only reports on the range; on an unmapped range it fails ENOMEM.
+        let rc = unsafe { libc::mincore(host as *mut libc::c_void, 4096, resident.as_mut_ptr()) };
+        assert_eq!(rc, -1, "guest RAM is still mapped after drop");
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOMEM)
+        );
+    }
 }

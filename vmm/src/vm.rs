@@ -25,7 +25,7 @@ use crate::config::{SerialMode, VmConfig};
 use crate::cpu::{self, cpuid, msrs, regs};
 use crate::event_loop::{ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
 use crate::loader::{self, LoadConfig};
-use crate::memory::{self, GuestMemory};
+use crate::memory::{self, GuestMemory, GuestRam};
 use crate::passthrough::{self, Passthrough};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{Buses, ExitCounters, VcpuRunner};
@@ -84,7 +84,7 @@ pub struct Vm {
     /// Passed-through devices: released (DMA unmapped) before guest RAM goes.
     passthrough: Option<Passthrough>,
     _vm: Arc<VmFd>,
-    _memory: GuestMemory,
+    _memory: GuestRam,
     /// The guest's address map.
     pub layout: GuestLayout,
     buses: Arc<Buses>,
@@ -103,17 +103,25 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-impl Vm {
-    /// Build the VM `config` describes, ready to run.
-    pub fn build(config: &VmConfig) -> Result<Vm, Error> {
-        preflight(config)?;
-        log::info!("inputs checked");
-        let kvm = open_kvm()?;
-        check_cpu_count(&kvm, config.cpus)?;
-        let vm = Arc::new(create_vm(&kvm)?);
+/// The VM and its devices: everything [`Vm::build`] makes while the kernel loads.
+struct Machine {
+    // Field order is drop order, as in [`Vm`]: passed-through devices go before the VM.
+    passthrough: Option<Passthrough>,
+    buses: Arc<Buses>,
+    serial: Arc<Mutex<SerialPort>>,
+    vm: Arc<VmFd>,
+}
+
+impl Machine {
+    fn create(
+        kvm: &Kvm,
+        config: &VmConfig,
+        layout: &GuestLayout,
+        memory: &GuestMemory,
+    ) -> Result<Machine, Error> {
+        let vm = Arc::new(create_vm(kvm)?);
         create_irqchip_and_pit(&vm)?;
-        let (layout, memory) = memory::create(config.memory)?;
-        let ram_slots = memory::register_slots(&vm, &memory)?;
+        let ram_slots = memory::register_slots(&vm, memory)?;
         log::info!("guest RAM mapped");
         let serial = create_serial(&vm, &config.serial)?;
         let (buses, root) = create_buses(serial.clone())?;
@@ -124,14 +132,61 @@ impl Vm {
                 vm: &vm,
                 buses: &buses,
                 root: &mut root.lock().unwrap_or_else(|e| e.into_inner()),
-                layout: &layout,
-                memory: &memory,
+                layout,
+                memory,
                 ram_slots,
                 slot_limit: kvm.get_nr_memslots() as u32,
             },
         )?;
+        Ok(Machine {
+            passthrough,
+            buses,
+            serial,
+            vm,
+        })
+    }
+}
+
+impl Vm {
+    /// Build the VM `config` describes, ready to run.
+    pub fn build(config: &VmConfig) -> Result<Vm, Error> {
+        preflight(config)?;
+        log::info!("inputs checked");
+        let kvm = open_kvm()?;
+        check_cpu_count(&kvm, config.cpus)?;
+        let (layout, memory) = memory::create(config.memory)?;
+        // Decompressing the kernel is the longest step (seconds under nested virtualization):
+        // it runs on its own thread while the VM and its devices, passthrough included, are
+        // built; if they fail, the loader is told to stop.
+        let abandon = AtomicBool::new(false);
+        let (machine, kernel) = std::thread::scope(|scope| {
+            let loading = std::thread::Builder::new()
+                .name("kernel-loader".into())
+                .spawn_scoped(scope, || {
+                    loader::load_kernel(&memory, &config.kernel, &abandon)
+                })
+                .map_err(io("cannot start the kernel-loader thread"))?;
+            let machine = Machine::create(&kvm, config, &layout, &memory);
+            if machine.is_err() {
+                abandon.store(true, Ordering::Relaxed);
+            }
+            let kernel = loading.join().map_err(|_| {
+                Error::Io(
+                    "kernel-loader thread".into(),
+                    std::io::Error::other("panicked"),
+                )
+            })?;
+            Ok::<_, Error>((machine?, kernel?))
+        })?;
+        let Machine {
+            vm,
+            serial,
+            buses,
+            passthrough,
+        } = machine;
+        log::info!("kernel loaded");
         let vbios = passthrough.as_ref().map_or(&[][..], |p| p.vbios.as_slice());
-        let boot = load_guest(&memory, &layout, config, vbios)?;
+        let boot = load_guest(&memory, &layout, config, vbios, kernel)?;
         log::info!("guest loaded, entry {:#x}", boot.entry);
         regs::write_boot_tables(&memory)?;
         let vcpus = create_vcpus(&kvm, &vm, config.cpus, boot.entry)?;
@@ -297,6 +352,7 @@ fn load_guest(
     layout: &GuestLayout,
     config: &VmConfig,
     vbios: &[passthrough::GuestVbios],
+    kernel: loader::LoadedKernel,
 ) -> Result<loader::BootInfo, Error> {
     let load = LoadConfig {
         kernel: &config.kernel,
@@ -305,7 +361,7 @@ fn load_guest(
         cpus: config.cpus,
         vbios,
     };
-    Ok(loader::load(memory, layout, &load)?)
+    Ok(loader::load(memory, layout, &load, kernel)?)
 }
 
 fn console_output(mode: &SerialMode) -> Result<ConsoleOut, Error> {

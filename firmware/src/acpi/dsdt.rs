@@ -162,6 +162,22 @@ mod tests {
     }
 
     #[test]
+    fn crs_gives_the_root_bridge_bus_0_only() {
+        let guest = GuestLayout::new(256 << 20).unwrap();
+        let mut bytes = Vec::new();
+        pci_host_bridge(&guest, &mut bytes);
+        // WordBusNumber: tag 0x88, length 13, resource type 2 (bus), general and type
+        // flags, granularity 0, min 0, max 0, translation 0, length 1.
+        let word_bus = [0x88, 0x0d, 0x00, 0x02];
+        let at = bytes
+            .windows(4)
+            .position(|w| w == word_bus)
+            .expect("a WordBusNumber descriptor");
+        let fields = &bytes[at + 6..at + 16];
+        assert_eq!(fields, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
     fn s5_names_the_sleep_type_the_vmm_expects() {
         let mut bytes = Vec::new();
         sleep_states().to_aml_bytes(&mut bytes);

@@ -5,6 +5,7 @@ mod payload;
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use linux_loader::loader::{
     bootparam::setup_header, BzImage, Elf, Error as LoaderError, KernelLoader, KernelLoaderResult,
@@ -80,6 +81,9 @@ pub enum Error {
     /// Copying into guest memory failed.
     #[error("cannot write the {0} into guest memory")]
     GuestMemory(&'static str),
+    /// The VM stopped being built while the kernel loaded (another step failed).
+    #[error("kernel loading abandoned")]
+    Abandoned,
     /// VBIOS images for VFCT/SETUP_PCI that do not fit below 640 KiB.
     #[error("the VBIOS images need {0} bytes for VFCT and SETUP_PCI, more than the {1} bytes of the firmware area: use vbios=vfct or vbios=setup, not both")]
     VbiosTooLarge(u64, u64),
@@ -107,16 +111,18 @@ pub struct LoadConfig<'a> {
     pub vbios: &'a [GuestVbios],
 }
 
-/// Load everything the guest needs into `memory`.
+/// Load everything else the guest needs into `memory`, around a kernel [`load_kernel`] put
+/// there.
 pub fn load(
     memory: &GuestMemory,
     guest: &GuestLayout,
     config: &LoadConfig,
+    kernel: LoadedKernel,
 ) -> Result<BootInfo, Error> {
     let LoadedKernel {
         result: kernel,
         entry,
-    } = load_kernel(memory, config.kernel)?;
+    } = kernel;
     let header = kernel.setup_header;
     let cmdline_len = write_cmdline(memory, config.cmdline, header.as_ref())?;
     let initramfs = match config.initramfs {
@@ -228,7 +234,7 @@ fn read_error<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error)
 
 /// A kernel in guest memory and where to enter it.
 #[derive(Debug)]
-struct LoadedKernel {
+pub struct LoadedKernel {
     /// Where it was loaded; `setup_header` is the bzImage's, if it came from one.
     result: KernelLoaderResult,
     /// The 64-bit entry point.
@@ -236,17 +242,25 @@ struct LoadedKernel {
 }
 
 /// Load a bzImage — its vmlinux decompressed on the host when the format allows, else the
-/// whole image with its own decompressor — or an ELF vmlinux.
-fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<LoadedKernel, Error> {
+/// whole image with its own decompressor — or an ELF vmlinux. Runs on its own thread while
+/// the rest of the VM is built; `abandon` set means that build failed, so stop early.
+pub fn load_kernel(
+    memory: &GuestMemory,
+    path: &Path,
+    abandon: &AtomicBool,
+) -> Result<LoadedKernel, Error> {
     let image = std::fs::read(path).map_err(read_error("kernel", path))?;
     log::info!("kernel read: {} KiB", image.len() >> 10);
     if let Some(header) = payload::setup_header(&image) {
         if header.xloadflags & XLF_KERNEL_64 == 0 {
             return Err(Error::Not64Bit(path.into()));
         }
-        if let Some(kernel) = load_payload(memory, &image, header) {
+        if let Some(kernel) = load_payload(memory, &image, header, abandon) {
             return Ok(kernel);
         }
+    }
+    if abandon.load(Ordering::Relaxed) {
+        return Err(Error::Abandoned);
     }
     let start = Some(GuestAddress(layout::HIGH_RAM_START));
     let error = match BzImage::load(memory, None, &mut Cursor::new(&image), start) {
@@ -272,12 +286,23 @@ fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<LoadedKernel, Error>
 
 /// Decompress a bzImage's vmlinux on the host and load it; `None` means "boot the bzImage
 /// the usual way" (the reason is logged).
-fn load_payload(memory: &GuestMemory, image: &[u8], header: setup_header) -> Option<LoadedKernel> {
-    let loaded = payload::decoder(image, &header)
-        .and_then(|mut reader| payload::load_vmlinux(memory, &mut reader, layout::HIGH_RAM_START));
-    let vmlinux = loaded
-        .map_err(|skip| log::info!("{skip}; the guest decompresses the kernel itself"))
-        .ok()?;
+fn load_payload(
+    memory: &GuestMemory,
+    image: &[u8],
+    header: setup_header,
+    abandon: &AtomicBool,
+) -> Option<LoadedKernel> {
+    let loaded = payload::decoder(image, &header).and_then(|mut reader| {
+        payload::load_vmlinux(memory, &mut reader, layout::HIGH_RAM_START, abandon)
+    });
+    let vmlinux = match loaded {
+        Ok(vmlinux) => vmlinux,
+        Err(payload::Skip::Abandoned) => return None,
+        Err(skip) => {
+            log::info!("{skip}; the guest decompresses the kernel itself");
+            return None;
+        }
+    };
     log::info!("booting the bzImage's vmlinux, decompressed on the host");
     let result = KernelLoaderResult {
         kernel_load: GuestAddress(vmlinux.entry),
@@ -493,12 +518,12 @@ mod tests {
         let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let text = temp_file("text", b"hello\n");
         assert!(matches!(
-            load_kernel(&memory, &text),
+            load_kernel(&memory, &text, &AtomicBool::new(false)),
             Err(Error::NotAKernel(_))
         ));
         let missing = Path::new("/nonexistent/bzImage");
         assert!(matches!(
-            load_kernel(&memory, missing),
+            load_kernel(&memory, missing, &AtomicBool::new(false)),
             Err(Error::Read { .. })
         ));
         std::fs::remove_file(text).unwrap();
@@ -562,7 +587,7 @@ mod tests {
         let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let path = header_only_bzimage("bz32", 0, 0);
         assert!(matches!(
-            load_kernel(&memory, &path),
+            load_kernel(&memory, &path, &AtomicBool::new(false)),
             Err(Error::Not64Bit(_))
         ));
         assert!(matches!(
