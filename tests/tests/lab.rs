@@ -427,6 +427,10 @@ fn bench_passthrough_checks(run: &LabRun, mem: &str) -> Checked {
         q_calls >= 2.0 && m_calls >= 2.0,
         format!("{mem}: both VMMs' DMA maps were traced, twice each"),
     )?;
+    expect(
+        q_map > 0.0 && m_map > 0.0,
+        format!("{mem}: both VMMs' DMA maps were timed (strace -T gave their durations)"),
+    )?;
     // The target is a ratio of at most 1.0; it has measured 0.87-1.1 in this lab.
     if m_map > q_map {
         println!("passthrough bench {mem}: DMA-map time ratio above the 1.0 target");

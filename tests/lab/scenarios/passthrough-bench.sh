@@ -71,8 +71,17 @@ dma_time() {
   wait_for "$log" . "$tracer" $(( $(now_ms) + VMM_TIMEOUT * 1000 )) >/dev/null
   for child in $(cat /proc/$tracer/task/*/children 2>/dev/null); do kill -9 "$child"; done
   wait "$tracer"
-  set -- "$1" "$2" $(awk '/VFIO_IOMMU_MAP_DMA|_IOC\(_IOC_NONE, 0x3b, 0x71/ {
-      t = $NF; gsub(/[<>]/, "", t); s += t; n++ }
+  # With several threads strace splits a call that another thread interrupts into
+  # "PID ioctl(..., VFIO_IOMMU_MAP_DMA, ... <unfinished ...>" and a later
+  # "PID <... ioctl resumed>) = 0 <SECONDS>": the time is on the second line.
+  set -- "$1" "$2" $(awk '
+    function add(t) { gsub(/[<>]/, "", t); s += t }
+    /VFIO_IOMMU_MAP_DMA|_IOC\(_IOC_NONE, 0x3b, 0x71/ {
+      n++
+      if ($0 ~ /<unfinished \.\.\.>$/) pending[$1] = 1; else add($NF)
+      next
+    }
+    /<\.\.\. ioctl resumed>/ && ($1 in pending) { delete pending[$1]; add($NF) }
     END { printf "%.1f %d\n", s * 1000, n }' "/tmp/$1-$2.strace")
   echo "LAB:PTDMA vmm=$1 mem=$2 map_ms=$3 calls=$4"
 }
