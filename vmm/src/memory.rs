@@ -47,6 +47,8 @@ const HUGE_PAGE: usize = 2 << 20;
 /// addresses agree modulo 2 MiB, so a misaligned mapping costs the guest a nested page fault
 /// per 4 KiB page it touches. minivmm therefore maps each region itself, 2 MiB aligned, and
 /// hands vm-memory the address; this type owns the mappings and unmaps them after the view.
+/// Borrow the view (`&*ram`); never clone it (`GuestMemory` is `Clone`, and a clone would
+/// outlive the mappings).
 pub struct GuestRam {
     // Field order is drop order: the view goes before the mappings it points into.
     memory: GuestMemory,
