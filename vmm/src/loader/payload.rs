@@ -68,10 +68,7 @@ pub enum Skip {
 }
 
 /// A reader of the decompressed vmlinux inside `image`, a bzImage.
-pub fn decoder<'a>(
-    image: &'a [u8],
-    header: &setup_header,
-) -> Result<Box<dyn Read + Send + 'a>, Skip> {
+pub fn decoder<'a>(image: &'a [u8], header: &setup_header) -> Result<Box<dyn Read + 'a>, Skip> {
     let payload = compressed_payload(image, header).ok_or(Skip::NoPayload)?;
     if payload.starts_with(XZ_MAGIC) {
         Ok(Box::new(liblzma::read::XzDecoder::new(payload)))
