@@ -119,7 +119,24 @@ impl AlignedMapping {
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        mapping.request_huge_pages(len);
         Ok(mapping)
+    }
+
+    /// Ask for transparent huge pages on the usable part: fewer host page faults while
+    /// loading, and 2 MiB stage-2 mappings, so the guest takes far fewer nested page faults
+    /// (the costliest exits under nested virtualization). Only advice: without THP the
+    /// guest runs as before.
+    fn request_huge_pages(&self, len: usize) {
+        // SAFETY: madvise on the usable part of the reservation this value owns;
+        // MADV_HUGEPAGE changes no contents.
+        let rc = unsafe { libc::madvise(self.addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            log::debug!(
+                "no huge pages for guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
@@ -158,31 +175,11 @@ pub fn create(size: u64) -> Result<(GuestLayout, GuestRam), Error> {
         );
     }
     let memory = GuestMemory::from_regions(regions).map_err(|e| map_error(&e))?;
-    request_huge_pages(&memory);
     let ram = GuestRam {
         memory,
         _mappings: mappings,
     };
     Ok((layout, ram))
-}
-
-/// Ask for transparent huge pages on guest RAM: fewer host page faults while loading, and
-/// 2 MiB stage-2 mappings, so the guest takes far fewer nested page faults (the costliest
-/// exits under nested virtualization). Only advice: without THP the guest runs as before.
-fn request_huge_pages(memory: &GuestMemory) {
-    for region in memory.iter() {
-        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
-            continue;
-        };
-        // SAFETY: madvise on a mapping `memory` owns; MADV_HUGEPAGE changes no contents.
-        let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        if rc != 0 {
-            log::debug!(
-                "no huge pages for guest RAM: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
 }
 
 /// Register every RAM region as a KVM memory slot, slots 0.. in order.

@@ -355,7 +355,6 @@ fn load_guest(
     kernel: loader::LoadedKernel,
 ) -> Result<loader::BootInfo, Error> {
     let load = LoadConfig {
-        kernel: &config.kernel,
         initramfs: config.initramfs.as_deref(),
         cmdline: &config.cmdline,
         cpus: config.cpus,

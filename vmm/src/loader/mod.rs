@@ -99,8 +99,6 @@ pub struct BootInfo {
 /// The inputs of [`load`].
 #[derive(Debug)]
 pub struct LoadConfig<'a> {
-    /// Kernel file.
-    pub kernel: &'a Path,
     /// Initramfs file.
     pub initramfs: Option<&'a Path>,
     /// Command line.
