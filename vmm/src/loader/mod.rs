@@ -1,6 +1,8 @@
 //! Loading the guest: kernel, initramfs, command line, zero page and ACPI tables.
 
+mod bcj_x86;
 mod payload;
+mod xz;
 
 use std::fs::File;
 use std::io::Cursor;
@@ -290,7 +292,8 @@ fn load_payload(
     header: setup_header,
     abandon: &AtomicBool,
 ) -> Option<LoadedKernel> {
-    let loaded = payload::decoder(image, &header).and_then(|mut reader| {
+    let loaded = std::thread::scope(|scope| {
+        let mut reader = payload::decoder(scope, image, &header)?;
         payload::load_vmlinux(memory, &mut reader, layout::HIGH_RAM_START, abandon)
     });
     let vmlinux = match loaded {

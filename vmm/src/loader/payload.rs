@@ -67,10 +67,20 @@ pub enum Skip {
     Abandoned,
 }
 
-/// A reader of the decompressed vmlinux inside `image`, a bzImage.
-pub fn decoder<'a>(image: &'a [u8], header: &setup_header) -> Result<Box<dyn Read + 'a>, Skip> {
+/// A reader of the decompressed vmlinux inside `image`, a bzImage. A kernel's xz payload
+/// decodes on two threads (see [`super::xz`]), the second one a thread of `scope`.
+pub fn decoder<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    image: &'env [u8],
+    header: &setup_header,
+) -> Result<Box<dyn Read + 'env>, Skip> {
     let payload = compressed_payload(image, header).ok_or(Skip::NoPayload)?;
     if payload.starts_with(XZ_MAGIC) {
+        if let Some(layout) = super::xz::Layout::parse(payload) {
+            log::debug!("xz payload: LZMA2 on a thread of its own, x86 filter and CRC32 beside it");
+            return Ok(Box::new(super::xz::spawn(scope, layout)?));
+        }
+        log::debug!("the xz payload is not one x86+LZMA2 block; decoding it on one thread");
         Ok(Box::new(liblzma::read::XzDecoder::new(payload)))
     } else if payload.starts_with(GZIP_MAGIC) {
         Ok(Box::new(flate2::read::GzDecoder::new(payload)))
@@ -234,7 +244,8 @@ pub fn load_vmlinux<M: GuestMemoryBackend + Sync + ?Sized>(
             full_tx,
             free_rx,
             abandon,
-        );
+        )
+        .and_then(|()| drain(reader));
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(Skip::Corrupt("the writer thread panicked".into())));
@@ -324,6 +335,14 @@ fn decode_segments(
     Ok(())
 }
 
+/// Read what follows the last segment (section headers, relocations) to the end of the
+/// stream, where the decoder verifies the data's integrity check.
+fn drain(reader: &mut dyn Read) -> Result<(), Skip> {
+    std::io::copy(reader, &mut std::io::sink())
+        .map(|_| ())
+        .map_err(|e| Skip::Corrupt(e.to_string()))
+}
+
 /// The writing side: copy each chunk into guest memory and return its buffer.
 fn write_chunks<M: GuestMemoryBackend + ?Sized>(
     memory: &M,
@@ -401,10 +420,36 @@ mod tests {
         elf
     }
 
+    /// xz as liblzma's defaults make it (CRC64): decoded on one thread.
     fn xz(data: &[u8]) -> Vec<u8> {
         let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 6);
         encoder.write_all(data).unwrap();
         encoder.finish().unwrap()
+    }
+
+    /// xz as a kernel's build makes it (x86 + LZMA2, CRC32; [`bzimage`] appends the size):
+    /// decoded on two threads.
+    fn kernel_xz(data: &[u8]) -> Vec<u8> {
+        use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+        let mut filters = Filters::new();
+        filters.x86();
+        filters.lzma2(&LzmaOptions::new_preset(6).unwrap());
+        let stream = Stream::new_stream_encoder(&filters, Check::Crc32).unwrap();
+        let mut encoder = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        encoder.write_all(data).unwrap();
+        let payload = encoder.finish().unwrap();
+        let in_bzimage = [&payload[..], &[0; 4]].concat();
+        assert!(super::super::xz::Layout::parse(&in_bzimage).is_some());
+        payload
+    }
+
+    /// Decode `image`'s payload into `memory` as the loader does.
+    fn decode_into(memory: &Memory, image: &[u8], abandon: &AtomicBool) -> Result<Vmlinux, Skip> {
+        let header = setup_header(image).unwrap();
+        std::thread::scope(|scope| {
+            let mut reader = decoder(scope, image, &header)?;
+            load_vmlinux(memory, &mut reader, 0x10_0000, abandon)
+        })
     }
 
     fn memory() -> Memory {
@@ -412,10 +457,8 @@ mod tests {
     }
 
     fn load(image: &[u8]) -> (Memory, Result<Vmlinux, Skip>) {
-        let header = setup_header(image).unwrap();
         let memory = memory();
-        let result = decoder(image, &header)
-            .and_then(|mut reader| load_vmlinux(&memory, &mut reader, 0x10_0000, &KEEP_GOING));
+        let result = decode_into(&memory, image, &KEEP_GOING);
         (memory, result)
     }
 
@@ -437,15 +480,33 @@ mod tests {
 
     #[test]
     fn xz_payload_streams_into_guest_memory() {
-        let (memory, result) = load(&bzimage(&xz(&fake_vmlinux())));
-        assert_eq!(
-            result,
-            Ok(Vmlinux {
-                entry: 0x20_0000,
-                end: 0x30_2000
-            })
+        for payload in [xz(&fake_vmlinux()), kernel_xz(&fake_vmlinux())] {
+            let (memory, result) = load(&bzimage(&payload));
+            assert_eq!(
+                result,
+                Ok(Vmlinux {
+                    entry: 0x20_0000,
+                    end: 0x30_2000
+                })
+            );
+            assert_segments_in_place(&memory);
+        }
+    }
+
+    #[test]
+    fn a_failed_integrity_check_falls_back() {
+        // The CRC32 sits before the index; the loader reads to the end so that it is checked
+        // even though the last segment ends where the file does.
+        let elf = fake_vmlinux();
+        let mut payload = kernel_xz(&elf);
+        let crc = crc32fast::hash(&elf).to_le_bytes();
+        let at = payload.windows(4).rposition(|w| w == crc).unwrap();
+        payload[at] ^= 1;
+        let (_, result) = load(&bzimage(&payload));
+        assert!(
+            matches!(&result, Err(Skip::Corrupt(why)) if why.contains("CRC32")),
+            "{result:?}"
         );
-        assert_segments_in_place(&memory);
     }
 
     #[test]
@@ -464,26 +525,26 @@ mod tests {
             zstd.unwrap_err(),
             Skip::Unsupported(vec![0x28, 0xb5, 0x2f, 0xfd])
         );
-        let mut damaged = xz(&fake_vmlinux());
-        let middle = damaged.len() / 2;
-        damaged[middle] ^= 0xff;
-        let (_, result) = load(&bzimage(&damaged));
-        assert!(matches!(result, Err(Skip::Corrupt(_))), "{result:?}");
+        for mut damaged in [xz(&fake_vmlinux()), kernel_xz(&fake_vmlinux())] {
+            let middle = damaged.len() / 2;
+            damaged[middle] ^= 0xff;
+            let (_, result) = load(&bzimage(&damaged));
+            assert!(matches!(result, Err(Skip::Corrupt(_))), "{result:?}");
+        }
         let (_, result) = load(&bzimage(&xz(&[0u8; 100])));
         assert_eq!(result, Err(Skip::NotElf));
     }
 
     #[test]
     fn an_abandoned_load_stops_before_writing() {
-        let image = bzimage(&xz(&fake_vmlinux()));
-        let header = setup_header(&image).unwrap();
-        let memory = memory();
-        let abandon = AtomicBool::new(true);
-        let result = decoder(&image, &header)
-            .and_then(|mut reader| load_vmlinux(&memory, &mut reader, 0x10_0000, &abandon));
-        assert_eq!(result, Err(Skip::Abandoned));
-        let text: u8 = memory.read_obj(GuestAddress(0x20_0000)).unwrap();
-        assert_eq!(text, 0, "an abandoned load wrote the kernel");
+        for payload in [xz(&fake_vmlinux()), kernel_xz(&fake_vmlinux())] {
+            let image = bzimage(&payload);
+            let memory = memory();
+            let result = decode_into(&memory, &image, &AtomicBool::new(true));
+            assert_eq!(result, Err(Skip::Abandoned));
+            let text: u8 = memory.read_obj(GuestAddress(0x20_0000)).unwrap();
+            assert_eq!(text, 0, "an abandoned load wrote the kernel");
+        }
     }
 
     #[test]
@@ -516,16 +577,14 @@ mod tests {
         elf[64 + 40..64 + 48].copy_from_slice(&0x3000u64.to_le_bytes()); // memsz
         elf[0x3000..0x4000].fill(0x11);
         elf[0x5000..0x6000].fill(0x33);
-        let image = bzimage(&xz(&elf));
+        let image = bzimage(&kernel_xz(&elf));
         let memory = memory();
         let host = memory.get_host_address(GuestAddress(0)).unwrap();
         // Keep huge pages out, so that residency is per 4 KiB page.
         // SAFETY: madvise on the mapping `memory` owns; it changes no contents.
         let rc = unsafe { libc::madvise(host.cast(), 4 << 20, libc::MADV_NOHUGEPAGE) };
         assert_eq!(rc, 0);
-        let header = setup_header(&image).unwrap();
-        let result = decoder(&image, &header)
-            .and_then(|mut reader| load_vmlinux(&memory, &mut reader, 0x10_0000, &KEEP_GOING));
+        let result = decode_into(&memory, &image, &KEEP_GOING);
         assert_eq!(result.unwrap().end, 0x30_3000);
         // Before anything reads it back (a read would map the kernel's shared zero page).
         assert!(resident(&memory, 0x30_0000));
