@@ -22,7 +22,7 @@ const MIN_PAYLOAD_VERSION: u16 = 0x0208;
 /// Largest vmlinux minivmm decompresses (a defence against decompression bombs).
 const MAX_VMLINUX: u64 = 512 << 20;
 /// Magic numbers of the payload formats minivmm decodes.
-const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+pub(super) const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 pub const ELF_MAGIC: &[u8] = b"\x7fELF";
 
@@ -105,10 +105,10 @@ const PT_LOAD: u32 = 1;
 const EM_X86_64: u16 = 62;
 /// Largest ELF header plus program header table minivmm reads.
 const MAX_HEADERS: usize = 64 << 10;
-/// Copy granule from the decoder to guest memory.
-const CHUNK: usize = 1 << 20;
-/// Chunks between the decoding and the writing thread, so that neither waits on the other.
-const CHUNKS_IN_FLIGHT: usize = 3;
+/// Copy granule from the decoder to guest memory (and from the LZMA2 thread, `xz.rs`).
+pub(super) const CHUNK: usize = 1 << 20;
+/// Chunks between two pipeline threads, so that neither waits on the other.
+pub(super) const CHUNKS_IN_FLIGHT: usize = 3;
 
 fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
     Some(u64::from_le_bytes(

@@ -15,10 +15,11 @@ use std::thread::Scope;
 
 use liblzma::stream::{Action, Filters, Status, Stream};
 
-use super::bcj_x86::BcjX86;
-use super::payload::Skip;
+use minivmm_firmware::le::u32_at;
 
-const STREAM_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+use super::bcj_x86::BcjX86;
+use super::payload::{Skip, CHUNK, CHUNKS_IN_FLIGHT, XZ_MAGIC};
+
 const FOOTER_MAGIC: &[u8] = b"YZ";
 /// Stream header and footer are 12 bytes each.
 const STREAM_HEADER: usize = 12;
@@ -36,10 +37,6 @@ const FLAG_RESERVED: u8 = 0x3c;
 /// Largest dictionary accepted (a kernel uses 32 MiB): larger ones go to the stream decoder,
 /// which fails them the usual way.
 const MAX_DICT: u64 = 512 << 20;
-/// Output granule of the LZMA2 thread.
-const CHUNK: usize = 1 << 20;
-/// Chunks between the two threads.
-const CHUNKS_IN_FLIGHT: usize = 3;
 /// Room in front of each chunk for the filter's unfinished bytes of the previous one.
 const HEADROOM: usize = 4;
 
@@ -72,10 +69,6 @@ fn varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-fn le32(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// True when `bytes` ends in a CRC32 of the rest.
 fn crc_ok(bytes: &[u8]) -> bool {
     match bytes
@@ -102,7 +95,7 @@ impl<'a> Layout<'a> {
     /// after the x86 filter, and no check or CRC32; `None` for anything else. A kernel's
     /// build appends the decompressed size (4 bytes) after the stream; that is allowed.
     pub fn parse(payload: &'a [u8]) -> Option<Layout<'a>> {
-        if !payload.starts_with(STREAM_MAGIC) || !crc_ok(payload.get(6..STREAM_HEADER)?) {
+        if !payload.starts_with(XZ_MAGIC) || !crc_ok(payload.get(6..STREAM_HEADER)?) {
             return None;
         }
         let flags: [u8; 2] = payload.get(6..8)?.try_into().ok()?;
@@ -167,7 +160,7 @@ impl<'a> Layout<'a> {
             return None;
         }
         let crc32 = match check {
-            CHECK_CRC32 => Some(le32(payload, check_at)?),
+            CHECK_CRC32 => Some(u32_at(payload, check_at)?),
             _ => None,
         };
         Some(Layout {
@@ -203,7 +196,7 @@ impl<'a> Layout<'a> {
             let last = n + 1 == count;
             match (id, props_len, last) {
                 (FILTER_X86, 0, false) if x86.is_none() => x86 = Some(0),
-                (FILTER_X86, 4, false) if x86.is_none() => x86 = Some(le32(props, 0)?),
+                (FILTER_X86, 4, false) if x86.is_none() => x86 = Some(u32_at(props, 0)?),
                 (FILTER_LZMA2, 1, true) => {
                     let padding = header.get(pos..header.len().checked_sub(4)?)?;
                     let lzma2 = *props.first()?;
@@ -494,7 +487,7 @@ mod tests {
             &payload[STREAM_HEADER + block_len..check_at],
             &[0, 0, 0][..check_at - STREAM_HEADER - block_len]
         );
-        assert_eq!(le32(&payload, check_at), Some(crc32fast::hash(&data)));
+        assert_eq!(u32_at(&payload, check_at), Some(crc32fast::hash(&data)));
         let mut bad_check = payload.clone();
         bad_check[check_at] ^= 0x40;
         let error = decode(&bad_check).unwrap_err();
