@@ -17,6 +17,15 @@ const LCR: u64 = 3;
 const LCR_DLAB: u8 = 0x80;
 /// IER bit: transmit holding register empty interrupt.
 const IER_THRI: u8 = 0x02;
+/// MCR bit: loopback (transmitted bytes come back as received ones).
+const MCR_LOOP: u8 = 0x10;
+/// IIR value with no interrupt pending.
+const IIR_NONE: u8 = 0x01;
+/// IIR bits that say the FIFOs are on (vm-superio models a 16550A).
+const IIR_FIFO_BITS: u8 = 0xc0;
+
+/// What the guest would read at offsets 0..8, when those reads change nothing.
+pub type RegisterView = [u8; PORT_COUNT as usize];
 
 /// Raises the UART's interrupt by signalling an eventfd (registered by the VMM as an irqfd).
 #[derive(Debug)]
@@ -70,6 +79,29 @@ impl SerialPort {
     /// Room left in the receive FIFO.
     pub fn input_room(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+
+    /// The registers as the guest would read them now, if reading them has no side effect
+    /// and their values can only change through a guest write (which exits) or host input
+    /// (which the VMM sees): divisor latch closed, no interrupt enabled or pending, no
+    /// loopback, nothing received. `None` otherwise: then every read must reach the UART.
+    pub fn read_view(&self) -> Option<RegisterView> {
+        let state = self.uart.state();
+        let quiet = state.line_control & LCR_DLAB == 0
+            && state.interrupt_enable == 0
+            && state.interrupt_identification == IIR_NONE
+            && state.modem_control & MCR_LOOP == 0
+            && state.in_buffer.is_empty();
+        quiet.then_some([
+            0, // receive buffer: empty
+            state.interrupt_enable,
+            state.interrupt_identification | IIR_FIFO_BITS,
+            state.line_control,
+            state.modem_control,
+            state.line_status,
+            state.modem_status,
+            state.scratch,
+        ])
     }
 }
 
@@ -153,6 +185,50 @@ mod tests {
         assert_eq!(port.write(IER, &[0x00]), None, "divisor latch, not IER");
         port.write(LCR, &[0x03]);
         assert_eq!(port.write(IER, &[0x00]), Some(Effect::SerialTxPolled(true)));
+    }
+
+    /// Every register read through the UART, as the guest would see it.
+    fn read_all(port: &mut SerialPort) -> RegisterView {
+        let mut view = [0u8; PORT_COUNT as usize];
+        for (offset, value) in (0u64..).zip(view.iter_mut()) {
+            let mut byte = [0u8];
+            port.read(offset, &mut byte);
+            *value = byte[0];
+        }
+        view
+    }
+
+    #[test]
+    fn the_read_view_is_what_the_guest_reads() {
+        let (mut port, _capture, _irq) = port();
+        port.write(LCR, &[0x03]);
+        port.write(4, &[0x0b]); // MCR: DTR, RTS, OUT2
+        port.write(7, &[0x5a]); // scratch
+        let view = port.read_view().expect("an idle UART has a read view");
+        assert_eq!(view, read_all(&mut port));
+        assert_eq!(view[5] & 0x60, 0x60, "transmitter empty");
+        assert_eq!(port.read_view(), Some(view), "reading changed nothing");
+    }
+
+    #[test]
+    fn no_read_view_while_reads_have_side_effects() {
+        let (mut port, _capture, _irq) = port();
+        port.write(LCR, &[0x83]);
+        assert_eq!(port.read_view(), None, "divisor latch open");
+        port.write(LCR, &[0x03]);
+        port.write(IER, &[0x01]);
+        assert_eq!(port.read_view(), None, "an interrupt enabled");
+        port.write(IER, &[0x00]);
+        port.write(4, &[MCR_LOOP]);
+        assert_eq!(port.read_view(), None, "loopback");
+        port.write(4, &[0x00]);
+        assert!(port.read_view().is_some());
+        port.enqueue_input(b"ab");
+        assert_eq!(port.read_view(), None, "input waiting");
+        let mut rbr = [0u8];
+        port.read(0, &mut rbr);
+        port.read(0, &mut rbr);
+        assert!(port.read_view().is_some(), "input all read");
     }
 
     #[test]

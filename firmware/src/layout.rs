@@ -85,6 +85,14 @@ pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 pub const COM1_PORT: u16 = 0x3f8;
 /// Legacy ISA IRQ of COM1.
 pub const COM1_IRQ: u32 = 4;
+/// The console UART: a second 16550 whose registers are MMIO, one page, so the VMM can
+/// back reads with a read-only memory slot and the guest polls its line status without an
+/// exit. Linux names it `console=uart8250,mmio,0xfe000000`.
+pub const CONSOLE_UART_START: u64 = 0xfe00_0000;
+/// One page: the size of the read-only slot behind it.
+pub const CONSOLE_UART_SIZE: u64 = 0x1000;
+/// ISA IRQ of the console UART (COM2's, unused otherwise).
+pub const CONSOLE_UART_IRQ: u32 = 3;
 /// i8042 command port: a write of 0xfe pulses the CPU reset line (one of Linux's reboot paths).
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// ACPI hardware-reduced sleep control register (SLP_TYPx | SLP_EN → poweroff).

@@ -1,7 +1,10 @@
 # Helpers sourced by the scenarios inside L1 (installed as /lab/lab.sh).
 L2_KERNEL=/lab/l2/bzImage
 L2_INITRD=/lab/l2/initrd.gz
+# The console on COM1 (ttyS0): what QEMU's guests get, and minivmm's too when asked.
 L2_CMDLINE="console=ttyS0 panic=-1"
+# minivmm's default console: its MMIO console UART (vmm/src/config.rs, DEFAULT_CMDLINE).
+L2_CMDLINE_MINIVMM="console=uart8250,mmio,0xfe000000 panic=-1"
 # A guest that has not powered off by then is stuck: every VMM run is bounded.
 VMM_TIMEOUT=180
 

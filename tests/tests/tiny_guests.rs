@@ -10,15 +10,18 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use minivmm::coalesced::CoalescedIo;
+use minivmm::console_uart::ConsoleUart;
 use minivmm::cpu::regs;
 use minivmm::memory::{self, GuestRam};
 use minivmm::vcpu::{Buses, ExitCounters, Outcome, VcpuRunner};
 use minivmm_devices::bus::{BusDevice, Effect};
 use minivmm_devices::power::{self, AcpiPower};
+use minivmm_devices::serial::SerialPort;
 use minivmm_firmware::layout;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Where real-mode guests start.
 const CODE: u64 = 0x1000;
@@ -285,4 +288,127 @@ fn coalesced_address_latch_writes_reach_the_device_before_the_next_exit() {
     assert_eq!(latch.reads, vec![4]);
     let (pio, _, _) = vm.counters.snapshot();
     assert_eq!(pio, 1, "only the IN exited");
+}
+
+/// A console that keeps what the guest printed.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A guest entered as a Linux kernel is (64-bit, identity-mapped), running `code` with RSI
+/// pointing at the console UART, which is on its MMIO bus; a recorder sits on port 0x10.
+fn console_uart_guest(
+    code: &[u8],
+) -> (
+    TinyVm,
+    Arc<Mutex<ConsoleUart>>,
+    Capture,
+    Arc<Mutex<Recorder>>,
+) {
+    let vm = TinyVm::new(2 << 20);
+    regs::write_boot_tables(&vm.memory).unwrap();
+    let entry = 0x10_0000;
+    let mut program = vec![0xbe]; // mov esi, CONSOLE_UART_START (zero-extended into RSI)
+    program.extend_from_slice(&(layout::CONSOLE_UART_START as u32).to_le_bytes());
+    program.extend_from_slice(code);
+    vm.memory
+        .write_slice(&program, GuestAddress(entry))
+        .unwrap();
+    regs::setup(&vm.vcpu, 0, entry).unwrap();
+    assert!(
+        vm.kvm.check_extension(Cap::ReadonlyMem),
+        "this test needs read-only memory slots (KVM_CAP_READONLY_MEM)"
+    );
+    let capture = Capture::default();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let port = SerialPort::new(irq, Box::new(capture.clone()));
+    let uart = Arc::new(Mutex::new(ConsoleUart::new(port, vm.vm.clone(), 100, true)));
+    vm.buses
+        .mmio
+        .insert(
+            uart.clone(),
+            layout::CONSOLE_UART_START,
+            layout::CONSOLE_UART_SIZE,
+        )
+        .unwrap();
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    vm.attach_pio(recorder.clone(), 0x10, 1);
+    (vm, uart, capture, recorder)
+}
+
+#[test]
+fn the_console_uart_line_status_is_polled_without_exits() {
+    // 64 times: read LSR (memory), wait for THRE, write 'A' to THR (queued); then report
+    // the last LSR on port 0x10 and halt.
+    let (mut vm, uart, capture, recorder) = console_uart_guest(&[
+        0xb9, 0x40, 0x00, 0x00, 0x00, // mov ecx, 64
+        0x8a, 0x46, 0x05, // again: mov al, [rsi + 5]   (LSR)
+        0xa8, 0x20, // test al, 0x20
+        0x74, 0xf9, // jz again
+        0x88, 0xc3, // mov bl, al
+        0xb0, 0x41, // mov al, 'A'
+        0x88, 0x06, // mov [rsi], al   (THR)
+        0xff, 0xc9, // dec ecx
+        0x75, 0xef, // jnz again
+        0x88, 0xd8, // mov al, bl
+        0xe6, 0x10, // out 0x10, al
+        0xf4, // hlt
+    ]);
+    vm.coalesced = CoalescedIo::new(&vm.kvm, vm.vm.clone(), &vm.vcpu);
+    assert!(
+        vm.coalesced.is_some(),
+        "this test needs KVM's coalesced ring"
+    );
+    // At reset no interrupt is enabled: the transmitter is polled, THR writes may queue.
+    uart.lock().unwrap().allow_queued_writes();
+    assert!(uart.lock().unwrap().reads_from_memory());
+    assert_eq!(vm.run(), Outcome::Halted);
+    assert_eq!(capture.0.lock().unwrap().as_slice(), [b'A'; 64]);
+    assert_eq!(
+        recorder.lock().unwrap().writes,
+        vec![(0, vec![0x60])],
+        "LSR: THRE | TEMT"
+    );
+    let (pio, mmio, _) = vm.counters.snapshot();
+    assert_eq!(
+        (pio, mmio),
+        (1, 0),
+        "neither the 64 LSR reads nor the THR writes exited"
+    );
+}
+
+#[test]
+fn console_uart_input_makes_its_reads_exit_until_it_is_read() {
+    // LSR, RBR, LSR, each reported on port 0x10.
+    let (mut vm, uart, _capture, recorder) = console_uart_guest(&[
+        0x8a, 0x46, 0x05, // mov al, [rsi + 5]   (LSR: exits)
+        0xe6, 0x10, // out 0x10, al
+        0x8a, 0x06, // mov al, [rsi]   (RBR: exits)
+        0xe6, 0x10, // out 0x10, al
+        0x8a, 0x46, 0x05, // mov al, [rsi + 5]   (LSR: memory again)
+        0xe6, 0x10, // out 0x10, al
+        0xf4, // hlt
+    ]);
+    assert_eq!(uart.lock().unwrap().enqueue_input(b"k"), 1);
+    assert!(!uart.lock().unwrap().reads_from_memory(), "input waiting");
+    assert_eq!(vm.run(), Outcome::Halted);
+    assert_eq!(
+        recorder.lock().unwrap().writes,
+        vec![(0, vec![0x61]), (0, vec![b'k']), (0, vec![0x60])]
+    );
+    assert_eq!(
+        vm.counters.snapshot().1,
+        2,
+        "only the reads while input waited exited"
+    );
+    assert!(uart.lock().unwrap().reads_from_memory());
 }

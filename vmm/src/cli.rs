@@ -40,7 +40,7 @@ pub struct Args {
     /// Initial RAM filesystem (cpio, optionally compressed).
     #[arg(long, value_name = "FILE")]
     pub initramfs: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 panic=-1"].
+    /// Kernel command line [default: "console=uart8250,mmio,0xfe000000 panic=-1"].
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
     /// Guest RAM, like 512M or 4G.

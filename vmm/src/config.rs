@@ -57,9 +57,10 @@ pub struct VmConfig {
     pub managed: Option<crate::cli::ManagedScope>,
 }
 
-/// The command line used when none is given: the console on COM1, and a kernel panic ends
+/// The command line used when none is given: the console on the console UART (MMIO, see
+/// `console_uart`; much cheaper than COM1 under virtualization), and a kernel panic ends
 /// the VM instead of hanging it.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+pub const DEFAULT_CMDLINE: &str = "console=uart8250,mmio,0xfe000000 panic=-1";
 
 /// Parse a size like `512M`, `4G`, `65536K` or a plain byte count.
 pub fn parse_size(text: &str) -> Result<u64, String> {

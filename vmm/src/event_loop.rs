@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use minivmm_devices::serial::SerialPort;
+
+use crate::console_uart::ConsoleUart;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::console::EscapeDecoder;
@@ -57,9 +59,27 @@ impl RunState {
     }
 }
 
-/// Forwards stdin to the guest's UART and watches for Ctrl-A x.
+/// A UART that takes host input.
+pub trait ConsoleInput: Send {
+    /// Queue `bytes` for the guest; returns how many fit.
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize;
+}
+
+impl ConsoleInput for SerialPort {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        SerialPort::enqueue_input(self, bytes)
+    }
+}
+
+impl ConsoleInput for ConsoleUart {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        ConsoleUart::enqueue_input(self, bytes)
+    }
+}
+
+/// Forwards stdin to the guest's console UART and watches for Ctrl-A x.
 pub struct StdinForwarder {
-    serial: Arc<Mutex<SerialPort>>,
+    serial: Arc<Mutex<dyn ConsoleInput>>,
     decoder: EscapeDecoder,
     state: Arc<RunState>,
 }
@@ -72,7 +92,7 @@ impl std::fmt::Debug for StdinForwarder {
 
 impl StdinForwarder {
     /// Forward to `serial`; a quit request is recorded in `state`.
-    pub fn new(serial: Arc<Mutex<SerialPort>>, state: Arc<RunState>) -> Self {
+    pub fn new(serial: Arc<Mutex<dyn ConsoleInput>>, state: Arc<RunState>) -> Self {
         StdinForwarder {
             serial,
             decoder: EscapeDecoder::default(),

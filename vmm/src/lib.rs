@@ -12,6 +12,7 @@ pub mod cli;
 pub mod coalesced;
 pub mod config;
 pub mod console;
+pub mod console_uart;
 pub mod cpu;
 pub mod event_loop;
 pub mod exit_stats;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use minivmm_devices::{
     bus::SharedDevice,
     i8042::I8042,
@@ -22,8 +22,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::coalesced::CoalescedIo;
 use crate::config::{SerialMode, VmConfig};
+use crate::console_uart::{self, ConsoleUart};
 use crate::cpu::{self, cpuid, msrs, regs};
-use crate::event_loop::{ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
+use crate::event_loop::{ConsoleInput, ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
 use crate::loader::{self, LoadConfig};
 use crate::memory::{self, GuestMemory, GuestRam};
 use crate::passthrough::{self, Passthrough};
@@ -88,7 +89,8 @@ pub struct Vm {
     /// The guest's address map.
     pub layout: GuestLayout,
     buses: Arc<Buses>,
-    serial: Arc<Mutex<SerialPort>>,
+    /// The UART host input goes to: the one the command line's console names.
+    console_input: Arc<Mutex<dyn ConsoleInput>>,
     attach_stdin: bool,
     /// Exit statistics, per vCPU.
     pub counters: Arc<Vec<ExitCounters>>,
@@ -108,8 +110,14 @@ struct Machine {
     // Field order is drop order, as in [`Vm`]: passed-through devices go before the VM.
     passthrough: Option<Passthrough>,
     buses: Arc<Buses>,
-    serial: Arc<Mutex<SerialPort>>,
+    uarts: Uarts,
     vm: Arc<VmFd>,
+}
+
+/// The guest's two UARTs: COM1 on ports, the console UART on MMIO.
+struct Uarts {
+    com1: Arc<Mutex<SerialPort>>,
+    console: Arc<Mutex<ConsoleUart>>,
 }
 
 impl Machine {
@@ -123,8 +131,11 @@ impl Machine {
         create_irqchip_and_pit(&vm)?;
         let ram_slots = memory::register_slots(&vm, memory)?;
         log::info!("guest RAM mapped");
-        let serial = create_serial(&vm, &config.serial)?;
-        let (buses, root) = create_buses(serial.clone())?;
+        // The console UART's read window takes the last slot; passed-through BARs get the
+        // ones between guest RAM and it.
+        let window_slot = (kvm.get_nr_memslots() as u32).saturating_sub(1);
+        let uarts = create_uarts(kvm, &vm, &config.serial, window_slot)?;
+        let (buses, root) = create_buses(&uarts)?;
         let buses = Arc::new(buses);
         let passthrough = passthrough::attach(
             &config.gpus,
@@ -135,13 +146,13 @@ impl Machine {
                 layout,
                 memory,
                 ram_slots,
-                slot_limit: kvm.get_nr_memslots() as u32,
+                slot_limit: window_slot,
             },
         )?;
         Ok(Machine {
             passthrough,
             buses,
-            serial,
+            uarts,
             vm,
         })
     }
@@ -180,7 +191,7 @@ impl Vm {
         })?;
         let Machine {
             vm,
-            serial,
+            uarts,
             buses,
             passthrough,
         } = machine;
@@ -194,6 +205,15 @@ impl Vm {
             .first()
             .and_then(|vcpu| CoalescedIo::new(&kvm, vm.clone(), vcpu))
             .map(Arc::new);
+        if coalesced.is_some() {
+            lock(&uarts.console).allow_queued_writes();
+        }
+        let console_input: Arc<Mutex<dyn ConsoleInput>> =
+            if console_uart::is_the_console(&config.cmdline) {
+                uarts.console
+            } else {
+                uarts.com1
+            };
         log::info!(
             "VM built: {} MiB, {} vCPUs",
             config.memory >> 20,
@@ -212,7 +232,7 @@ impl Vm {
             _memory: memory,
             layout,
             buses,
-            serial,
+            console_input,
             attach_stdin: config.serial == SerialMode::Stdio,
             counters,
         })
@@ -243,7 +263,7 @@ impl Vm {
             signals,
         ))));
         let _raw_terminal = if self.attach_stdin {
-            let forwarder = StdinForwarder::new(self.serial.clone(), state.clone());
+            let forwarder = StdinForwarder::new(self.console_input.clone(), state.clone());
             events.add_subscriber(Arc::new(Mutex::new(forwarder)));
             RawTerminal::enter()
         } else {
@@ -389,24 +409,56 @@ fn console_output(mode: &SerialMode) -> Result<ConsoleOut, Error> {
     })
 }
 
-fn create_serial(vm: &VmFd, mode: &SerialMode) -> Result<Arc<Mutex<SerialPort>>, Error> {
-    let irq = EventFd::new(EFD_NONBLOCK).map_err(io("cannot create an eventfd"))?;
-    vm.register_irqfd(&irq, layout::COM1_IRQ)
-        .map_err(|e| Error::Kvm("KVM_IRQFD (COM1)", e))?;
-    Ok(Arc::new(Mutex::new(SerialPort::new(
-        irq,
-        console_output(mode)?,
-    ))))
+/// A UART raising `irq`, its output where `mode` says (both UARTs share it).
+fn create_serial(
+    vm: &VmFd,
+    mode: &SerialMode,
+    irq: u32,
+    name: &'static str,
+) -> Result<SerialPort, Error> {
+    let event = EventFd::new(EFD_NONBLOCK).map_err(io("cannot create an eventfd"))?;
+    vm.register_irqfd(&event, irq)
+        .map_err(|e| Error::Kvm(name, e))?;
+    Ok(SerialPort::new(event, console_output(mode)?))
 }
 
-fn create_buses(serial: Arc<Mutex<SerialPort>>) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
+fn create_uarts(
+    kvm: &Kvm,
+    vm: &Arc<VmFd>,
+    mode: &SerialMode,
+    window_slot: u32,
+) -> Result<Uarts, Error> {
+    let com1 = create_serial(vm, mode, layout::COM1_IRQ, "KVM_IRQFD (COM1)")?;
+    let console = create_serial(
+        vm,
+        mode,
+        layout::CONSOLE_UART_IRQ,
+        "KVM_IRQFD (console UART)",
+    )?;
+    let readonly_slots = kvm.check_extension(Cap::ReadonlyMem);
+    Ok(Uarts {
+        com1: Arc::new(Mutex::new(com1)),
+        console: Arc::new(Mutex::new(ConsoleUart::new(
+            console,
+            vm.clone(),
+            window_slot,
+            readonly_slots,
+        ))),
+    })
+}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn create_buses(uarts: &Uarts) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
     let buses = Buses::default();
     let mut root = PciRoot::new();
     root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
         .map_err(|e| Error::Device(e.to_string()))?;
     let root = Arc::new(Mutex::new(root));
     let pio: [(SharedDevice, u16, u64); 4] = [
-        (serial, layout::COM1_PORT, serial::PORT_COUNT),
+        (uarts.com1.clone(), layout::COM1_PORT, serial::PORT_COUNT),
         (Arc::new(Mutex::new(I8042)), 0x60, 5),
         (
             Arc::new(Mutex::new(AcpiPower)),
@@ -425,14 +477,24 @@ fn create_buses(serial: Arc<Mutex<SerialPort>>) -> Result<(Buses, Arc<Mutex<PciR
             .insert(device, u64::from(port), len)
             .map_err(|e| Error::Device(e.to_string()))?;
     }
-    buses
-        .mmio
-        .insert(
+    let mmio: [(SharedDevice, u64, u64); 2] = [
+        (
             Arc::new(Mutex::new(PciEcam::new(root.clone()))),
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
-        )
-        .map_err(|e| Error::Device(e.to_string()))?;
+        ),
+        (
+            uarts.console.clone(),
+            layout::CONSOLE_UART_START,
+            layout::CONSOLE_UART_SIZE,
+        ),
+    ];
+    for (device, base, len) in mmio {
+        buses
+            .mmio
+            .insert(device, base, len)
+            .map_err(|e| Error::Device(e.to_string()))?;
+    }
     Ok((buses, root))
 }
 

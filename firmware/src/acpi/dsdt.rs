@@ -1,12 +1,13 @@
-//! DSDT: the host bridge PCI0 with its resource windows and INTx routing, COM1, and `_S5_`.
+//! DSDT: the host bridge PCI0 with its resource windows and INTx routing, COM1, the MMIO
+//! console UART, and `_S5_`.
 //!
 //! With ACPI present Linux only scans PCI roots the DSDT describes, so PCI0 carries the
 //! windows BARs may be placed in and the `_PRT` that maps INTx pins to IOAPIC inputs.
 
 use acpi_tables::{
     aml::{
-        AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package, Path,
-        ResourceTemplate, IO,
+        AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name,
+        Package, Path, ResourceTemplate, IO,
     },
     sdt::Sdt,
     Aml,
@@ -31,6 +32,7 @@ pub fn build(guest: &GuestLayout) -> Sdt {
     sleep_states().to_aml_bytes(&mut body);
     pci_host_bridge(guest, &mut body);
     com1(&mut body);
+    console_uart(&mut body);
     dsdt.append_slice(&body);
     dsdt
 }
@@ -117,14 +119,31 @@ fn intx_routes() -> Vec<IntxRoute> {
 }
 
 fn com1(sink: &mut Vec<u8>) {
-    let hid = EISAName::new("PNP0501");
     let ports = IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
-    let irq = Interrupt::new(true, true, false, false, layout::COM1_IRQ);
-    let crs = ResourceTemplate::new(vec![&ports, &irq]);
+    uart("_SB_.COM1", 0, &ports, layout::COM1_IRQ, sink);
+}
+
+/// The MMIO console UART, after COM1 so that Linux keeps ttyS0 for COM1 (its PNP entry
+/// matches the legacy 0x3f8 slot) and gives this one the next free line, ttyS1.
+fn console_uart(sink: &mut Vec<u8>) {
+    // Both constants are below 4 GiB by definition (layout's 32-bit hole).
+    let registers = Memory32Fixed::new(
+        true,
+        layout::CONSOLE_UART_START as u32,
+        layout::CONSOLE_UART_SIZE as u32,
+    );
+    uart("_SB_.CONS", 1, &registers, layout::CONSOLE_UART_IRQ, sink);
+}
+
+/// A 16550 (PNP0501) with its registers at `registers` and an edge ISA interrupt.
+fn uart(path: &str, uid: u8, registers: &dyn Aml, irq: u32, sink: &mut Vec<u8>) {
+    let hid = EISAName::new("PNP0501");
+    let irq = Interrupt::new(true, true, false, false, irq);
+    let crs = ResourceTemplate::new(vec![registers, &irq]);
     let hid_name = Name::new(Path::new("_HID"), &hid);
-    let uid = Name::new(Path::new("_UID"), &0u8);
+    let uid = Name::new(Path::new("_UID"), &uid);
     let crs_name = Name::new(Path::new("_CRS"), &crs);
-    Device::new(Path::new("_SB_.COM1"), vec![&hid_name, &uid, &crs_name]).to_aml_bytes(sink);
+    Device::new(Path::new(path), vec![&hid_name, &uid, &crs_name]).to_aml_bytes(sink);
 }
 
 #[cfg(test)]
@@ -186,6 +205,25 @@ mod tests {
             bytes,
             vec![0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0]
         );
+    }
+
+    #[test]
+    fn the_console_uart_is_a_16550_at_its_mmio_page_after_com1() {
+        let mut bytes = Vec::new();
+        console_uart(&mut bytes);
+        // Memory32Fixed descriptor: 0x86, length 9, read-write, base, length (LE).
+        let mut descriptor = vec![0x86, 0x09, 0x00, 0x01];
+        descriptor.extend_from_slice(&(layout::CONSOLE_UART_START as u32).to_le_bytes());
+        descriptor.extend_from_slice(&(layout::CONSOLE_UART_SIZE as u32).to_le_bytes());
+        assert!(contains(&bytes, &descriptor), "register page in _CRS");
+        assert!(contains(&bytes, b"CONS"));
+        let pnp0501 = [0x41, 0xd0, 0x05, 0x01]; // EISA id of PNP0501
+        assert!(contains(&bytes, &pnp0501));
+        let dsdt = build(&GuestLayout::new(256 << 20).unwrap());
+        let table = dsdt.as_slice();
+        let com1_at = table.windows(4).position(|w| w == b"COM1");
+        let cons_at = table.windows(4).position(|w| w == b"CONS");
+        assert!(com1_at < cons_at && cons_at.is_some(), "COM1 first");
     }
 
     #[test]

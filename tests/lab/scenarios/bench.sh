@@ -16,7 +16,10 @@
 VMM_TIMEOUT=90
 RAM_MB=256
 HOLD=3
+# Each VMM with its own serial console: QEMU's COM1, minivmm's MMIO console UART. The
+# guests print the same boot log.
 CMDLINE="$L2_CMDLINE l2.hold=$HOLD"
+MINIVMM_CMDLINE="$L2_CMDLINE_MINIVMM l2.hold=$HOLD"
 
 start_qemu() {
   qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m "${RAM_MB}M" -smp 1 -nodefaults \
@@ -25,7 +28,7 @@ start_qemu() {
 }
 
 start_minivmm() {
-  minivmm --exit-stats --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
+  minivmm --exit-stats --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$MINIVMM_CMDLINE" \
     --memory "${RAM_MB}M" --cpus 1 --serial stdio </dev/null >"$1" 2>"$1.err" &
 }
 

@@ -7,7 +7,9 @@
 # stopped once the guest starts).
 . /lab/lab.sh
 VMM_TIMEOUT=90
+# Each VMM with its own serial console (QEMU's COM1, minivmm's MMIO console UART).
 CMDLINE="$L2_CMDLINE l2.devices=id"
+MINIVMM_CMDLINE="$L2_CMDLINE_MINIVMM l2.devices=id"
 
 d=$(for d in /sys/bus/pci/devices/*; do
   [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && echo "$d"; done)
@@ -27,7 +29,7 @@ start_qemu() {
 }
 
 start_minivmm() {
-  $TRACE minivmm -v --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" \
+  $TRACE minivmm -v --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$MINIVMM_CMDLINE" \
     --memory "$2" --serial stdio </dev/null >"$1" 2>"$1.err" &
 }
 
