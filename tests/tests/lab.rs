@@ -56,8 +56,14 @@ fn lab_test_with(
         let Err(what) = check_l1(&run).and_then(|()| checks(&run)) else {
             return run;
         };
+        // The next attempt writes the same log: keep this one for whoever reads the failure.
+        let kept = run.log_path.with_extension(format!("attempt-{attempt}.log"));
+        let kept = match std::fs::copy(&run.log_path, &kept) {
+            Ok(_) => format!("kept as {}", kept.display()),
+            Err(e) => format!("not kept: {e}"),
+        };
         let report = format!(
-            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines of {} ---\n{}",
+            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines of {} ({kept}) ---\n{}",
             run.log_path.display(),
             run.tail(60)
         );
@@ -235,12 +241,16 @@ fn bench_against_qemu_time_to_init_and_own_memory() {
                 format!("{vmm}: the guest-RAM mapping was found and excluded"),
             )?;
         }
-        // The issue's target is 0.5; in this lab minivmm measures 0.5-0.7 (see
-        // docs/ARCHITECTURE.md, "Boot time in the lab"). Guard what holds: faster than QEMU.
-        if m_init > 0.5 * q_init {
-            println!("bench: time ratio above the 0.5 target");
-        }
-        expect(m_init < q_init, "minivmm reaches L2:INIT sooner than QEMU")?;
+        // The issue's targets: at most half of QEMU's time to /init (minivmm measures
+        // 0.44-0.47 here since the console UART; see docs/ARCHITECTURE.md, "Boot time in
+        // the lab") and at most 10 MiB of its own memory.
+        expect(
+            m_init <= 0.5 * q_init,
+            format!(
+                "minivmm reaches L2:INIT in at most half of QEMU's time (ratio {:.3})",
+                m_init / q_init
+            ),
+        )?;
         expect(
             m_own <= 10.0 * 1024.0,
             "minivmm's own memory is at most 10 MiB",
