@@ -57,7 +57,9 @@ fn lab_test_with(
             return run;
         };
         // The next attempt writes the same log: keep this one for whoever reads the failure.
-        let kept = run.log_path.with_extension(format!("attempt-{attempt}.log"));
+        let kept = run
+            .log_path
+            .with_extension(format!("attempt-{attempt}.log"));
         let kept = match std::fs::copy(&run.log_path, &kept) {
             Ok(_) => format!("kept as {}", kept.display()),
             Err(e) => format!("not kept: {e}"),
@@ -242,7 +244,7 @@ fn bench_against_qemu_time_to_init_and_own_memory() {
             )?;
         }
         // The issue's targets: at most half of QEMU's time to /init (minivmm measures
-        // 0.44-0.47 here since the console UART; see docs/ARCHITECTURE.md, "Boot time in
+        // 0.44-0.49 here since the console UART; see docs/ARCHITECTURE.md, "Boot time in
         // the lab") and at most 10 MiB of its own memory.
         expect(
             m_init <= 0.5 * q_init,
