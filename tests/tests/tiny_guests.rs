@@ -49,7 +49,7 @@ impl BusDevice for Recorder {
 struct TinyVm {
     kvm: Kvm,
     vm: Arc<VmFd>,
-    coalesced: Option<CoalescedIo>,
+    coalesced: Option<Arc<CoalescedIo>>,
     vcpu: VcpuFd,
     memory: GuestRam,
     buses: Buses,
@@ -102,7 +102,7 @@ impl TinyVm {
             buses: &self.buses,
             stop: &stop,
             counters: &self.counters,
-            coalesced: self.coalesced.as_ref(),
+            coalesced: self.coalesced.as_deref(),
         }
         .run()
     }
@@ -275,7 +275,7 @@ fn coalesced_address_latch_writes_reach_the_device_before_the_next_exit() {
     );
     let latch = Arc::new(Mutex::new(Recorder::default()));
     vm.attach_pio(latch.clone(), 0xcf8, 8);
-    vm.coalesced = CoalescedIo::new(&vm.kvm, vm.vm.clone(), &vm.vcpu);
+    vm.coalesced = CoalescedIo::new(&vm.kvm, vm.vm.clone(), &vm.vcpu).map(Arc::new);
     if vm.coalesced.is_none() {
         panic!("this KVM cannot coalesce port I/O (KVM_CAP_COALESCED_PIO), which this test needs");
     }
@@ -363,13 +363,13 @@ fn the_console_uart_line_status_is_polled_without_exits() {
         0xe6, 0x10, // out 0x10, al
         0xf4, // hlt
     ]);
-    vm.coalesced = CoalescedIo::new(&vm.kvm, vm.vm.clone(), &vm.vcpu);
-    assert!(
-        vm.coalesced.is_some(),
-        "this test needs KVM's coalesced ring"
-    );
+    vm.coalesced = CoalescedIo::new(&vm.kvm, vm.vm.clone(), &vm.vcpu).map(Arc::new);
+    let coalesced = vm
+        .coalesced
+        .clone()
+        .expect("this test needs KVM's coalesced ring");
     // At reset no interrupt is enabled: the transmitter is polled, THR writes may queue.
-    uart.lock().unwrap().allow_queued_writes();
+    uart.lock().unwrap().allow_queued_writes(coalesced);
     assert!(uart.lock().unwrap().reads_from_memory());
     assert_eq!(vm.run(), Outcome::Halted);
     assert_eq!(capture.0.lock().unwrap().as_slice(), [b'A'; 64]);

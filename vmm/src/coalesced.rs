@@ -4,8 +4,10 @@
 //! the guest only sees its effect through a later access that does exit, and every exit
 //! drains the ring first, in order. Two writes qualify:
 //! - the PCI configuration address latch (0xCF8): it only matters to the next 0xCFC access;
-//! - COM1's transmit register while the transmit-empty interrupt is off: the guest polls LSR
-//!   (an exit) before each byte, which is how Linux's console writes.
+//! - a UART's transmit register while its transmit-empty interrupt is off: the guest polls
+//!   LSR before each byte, which is how Linux's console writes (on COM1 the LSR read is an
+//!   exit; on the console UART it is a memory read, and the queued bytes wait for the next
+//!   exit of any kind, at the latest the IER write that ends each console message).
 //!
 //! Under nested virtualization an exit costs tens of microseconds, so this halves the cost
 //! of PCI scans and of boot messages on the serial console.
@@ -23,8 +25,26 @@ use crate::vcpu::Buses;
 
 /// Size of the PCI configuration address register.
 const CONFIG_ADDRESS_LEN: u32 = 4;
-/// The UART's transmit holding register is one byte at its base port.
-const COM1_THR_LEN: u32 = 1;
+/// A UART's transmit holding register is one byte at its base address.
+const THR_LEN: u32 = 1;
+
+/// A UART whose transmit register is queued while its guest driver polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxZone {
+    /// COM1, on port 0x3f8.
+    Com1,
+    /// The console UART, on MMIO (see `console_uart`).
+    ConsoleUart,
+}
+
+impl TxZone {
+    fn address(self) -> IoEventAddress {
+        match self {
+            TxZone::Com1 => IoEventAddress::Pio(u64::from(layout::COM1_PORT)),
+            TxZone::ConsoleUart => IoEventAddress::Mmio(layout::CONSOLE_UART_START),
+        }
+    }
+}
 
 /// The ring page KVM shares with userspace.
 struct Ring {
@@ -104,7 +124,8 @@ impl Drop for Ring {
 pub struct CoalescedIo {
     vm: Arc<VmFd>,
     ring: Mutex<Ring>,
-    com1_tx: Mutex<bool>,
+    /// The transmit zones registered now.
+    tx_on: Mutex<Vec<TxZone>>,
 }
 
 impl std::fmt::Debug for CoalescedIo {
@@ -130,7 +151,7 @@ impl CoalescedIo {
         Some(CoalescedIo {
             vm,
             ring: Mutex::new(ring),
-            com1_tx: Mutex::new(false),
+            tx_on: Mutex::new(Vec::new()),
         })
     }
 
@@ -150,21 +171,21 @@ impl CoalescedIo {
         }
     }
 
-    /// Queue COM1 transmit writes while the guest polls (`true`), exit on them otherwise.
-    pub fn set_com1_polled(&self, polled: bool) {
-        let mut on = self.com1_tx.lock().unwrap_or_else(|e| e.into_inner());
-        if *on == polled {
+    /// Queue `zone`'s transmit writes while its guest polls (`true`), exit on them otherwise.
+    pub fn set_tx_polled(&self, zone: TxZone, polled: bool) {
+        let mut on = self.tx_on.lock().unwrap_or_else(|e| e.into_inner());
+        if on.contains(&zone) == polled {
             return;
         }
-        let address = IoEventAddress::Pio(u64::from(layout::COM1_PORT));
         let result = if polled {
-            self.vm.register_coalesced_mmio(address, COM1_THR_LEN)
+            self.vm.register_coalesced_mmio(zone.address(), THR_LEN)
         } else {
-            self.vm.unregister_coalesced_mmio(address, COM1_THR_LEN)
+            self.vm.unregister_coalesced_mmio(zone.address(), THR_LEN)
         };
         match result {
-            Ok(()) => *on = polled,
-            Err(e) => log::warn!("cannot change COM1 write coalescing: {e}"),
+            Ok(()) if polled => on.push(zone),
+            Ok(()) => on.retain(|&z| z != zone),
+            Err(e) => log::warn!("cannot change write coalescing of {zone:?}: {e}"),
         }
     }
 }

@@ -13,11 +13,13 @@
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 use minivmm_devices::bus::{BusDevice, Effect};
 use minivmm_devices::serial::{RegisterView, SerialPort, PORT_COUNT};
 use minivmm_firmware::layout;
 use vm_memory::mmap::MmapRegion;
+
+use crate::coalesced::{CoalescedIo, TxZone};
 
 /// What reads beyond the eight registers return (and what the page holds there).
 const UNDECODED: u8 = 0xff;
@@ -86,19 +88,18 @@ pub struct ConsoleUart {
     port: SerialPort,
     vm: Arc<VmFd>,
     window: Option<ReadWindow>,
-    /// KVM's coalesced ring is drained before every exit, so THR writes may be queued.
-    may_queue: bool,
+    /// KVM's coalesced ring, once it exists: THR writes may then be queued.
+    coalesced: Option<Arc<CoalescedIo>>,
     /// The guest polls the line status (no transmit interrupt, as at reset): queue THR
     /// writes.
     polled: bool,
-    queued: bool,
 }
 
 impl std::fmt::Debug for ConsoleUart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsoleUart")
             .field("window", &self.window.as_ref().map(|w| w.mapped))
-            .field("queued", &self.queued)
+            .field("polled", &self.polled)
             .finish_non_exhaustive()
     }
 }
@@ -113,9 +114,8 @@ impl ConsoleUart {
             port,
             vm,
             window: readonly_slots.then(|| ReadWindow::new(slot)).flatten(),
-            may_queue: false,
+            coalesced: None,
             polled: true,
-            queued: false,
         };
         uart.sync_window();
         uart
@@ -123,9 +123,9 @@ impl ConsoleUart {
 
     /// KVM's coalesced ring is set up and drained before each exit: from now on THR
     /// writes are queued there while the guest polls.
-    pub fn allow_queued_writes(&mut self) {
-        self.may_queue = true;
-        self.sync_queueing();
+    pub fn allow_queued_writes(&mut self, coalesced: Arc<CoalescedIo>) {
+        coalesced.set_tx_polled(TxZone::ConsoleUart, self.polled);
+        self.coalesced = Some(coalesced);
     }
 
     /// Whether guest reads are served from memory right now (for tests and traces).
@@ -152,23 +152,6 @@ impl ConsoleUart {
             }
         }
     }
-
-    fn sync_queueing(&mut self) {
-        let wanted = self.may_queue && self.polled;
-        if wanted == self.queued {
-            return;
-        }
-        let thr = IoEventAddress::Mmio(layout::CONSOLE_UART_START);
-        let result = if wanted {
-            self.vm.register_coalesced_mmio(thr, 1)
-        } else {
-            self.vm.unregister_coalesced_mmio(thr, 1)
-        };
-        match result {
-            Ok(()) => self.queued = wanted,
-            Err(e) => log::warn!("console UART: cannot change write queueing: {e}"),
-        }
-    }
 }
 
 impl BusDevice for ConsoleUart {
@@ -190,7 +173,9 @@ impl BusDevice for ConsoleUart {
         match effect {
             Some(Effect::SerialTxPolled(polled)) => {
                 self.polled = polled;
-                self.sync_queueing();
+                if let Some(coalesced) = &self.coalesced {
+                    coalesced.set_tx_polled(TxZone::ConsoleUart, polled);
+                }
                 None
             }
             other => other,

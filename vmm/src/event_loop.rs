@@ -5,11 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use minivmm_devices::serial::SerialPort;
-
-use crate::console_uart::ConsoleUart;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::console::EscapeDecoder;
+use crate::console_uart::ConsoleUart;
 use crate::vcpu::Outcome;
 
 /// Why the VM is over.

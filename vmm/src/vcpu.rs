@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use minivmm_devices::bus::{Bus, Effect};
 
-use crate::coalesced::CoalescedIo;
+use crate::coalesced::{CoalescedIo, TxZone};
 use crate::exit_stats::Access;
 pub use crate::exit_stats::ExitCounters;
 
@@ -63,7 +63,7 @@ fn effect_outcome(effect: Option<Effect>, coalesced: Option<&CoalescedIo>) -> St
         Some(Effect::Reboot) => Step::Done(Outcome::Reboot),
         Some(Effect::SerialTxPolled(polled)) => {
             if let Some(coalesced) = coalesced {
-                coalesced.set_com1_polled(polled);
+                coalesced.set_tx_polled(TxZone::Com1, polled);
             }
             Step::Continue
         }

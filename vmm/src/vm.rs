@@ -205,8 +205,8 @@ impl Vm {
             .first()
             .and_then(|vcpu| CoalescedIo::new(&kvm, vm.clone(), vcpu))
             .map(Arc::new);
-        if coalesced.is_some() {
-            lock(&uarts.console).allow_queued_writes();
+        if let Some(coalesced) = &coalesced {
+            lock(&uarts.console).allow_queued_writes(coalesced.clone());
         }
         let console_input: Arc<Mutex<dyn ConsoleInput>> =
             if console_uart::is_the_console(&config.cmdline) {
