@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn fields_land_where_the_kernel_reads_them() {
-        let e820 = e820_map(&GuestLayout::new(256 << 20).unwrap());
+        let e820 = e820_map(&GuestLayout::new(256 << 20, 46).unwrap());
         let params = build(&config(&e820)).unwrap();
         let (cmd_line_ptr, cmdline_size) = (params.hdr.cmd_line_ptr, params.hdr.cmdline_size);
         assert_eq!((cmd_line_ptr, cmdline_size), (0x2_0000, 11));
@@ -123,7 +123,7 @@ mod tests {
     fn zero_page_offsets_match_the_boot_protocol() {
         // Documentation/arch/x86/zero-page.rst: e820_entries at 0x1e8, hdr at 0x1f1,
         // acpi_rsdp_addr at 0x070, e820_table at 0x2d0.
-        let e820 = e820_map(&GuestLayout::new(256 << 20).unwrap());
+        let e820 = e820_map(&GuestLayout::new(256 << 20, 46).unwrap());
         let params = build(&config(&e820)).unwrap();
         // SAFETY: boot_params is plain old data; viewing it as bytes is sound.
         let bytes = unsafe {
@@ -151,7 +151,7 @@ mod tests {
             header: HDR_MAGIC,
             ..Default::default()
         };
-        let e820 = e820_map(&GuestLayout::new(256 << 20).unwrap());
+        let e820 = e820_map(&GuestLayout::new(256 << 20, 46).unwrap());
         let params = build(&BootParamsConfig {
             setup_header: Some(header),
             ..config(&e820)

@@ -65,7 +65,7 @@ pub fn e820_map_reserving(guest: &GuestLayout, reserved: u64) -> Vec<E820Entry> 
     }
     map.push(E820Entry::reserved(
         layout::PCI_ECAM_START,
-        layout::PCI_ECAM_SIZE,
+        guest.pci.ecam_size(),
     ));
     map.extend(
         guest
@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn a_vfct_table_is_carved_out_of_low_ram() {
-        let guest = GuestLayout::new(256 << 20).unwrap();
+        let guest = GuestLayout::new(256 << 20, 46).unwrap();
         let map = e820_map_reserving(&guest, 0x1_0010);
         assert_eq!(
             &map[..3],
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn small_guest_map() {
-        let guest = GuestLayout::new(256 << 20).unwrap();
+        let guest = GuestLayout::new(256 << 20, 46).unwrap();
         let map = e820_map(&guest);
         assert_eq!(
             map,
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn large_guest_has_ram_above_4g() {
-        let guest = GuestLayout::new(6 << 30).unwrap();
+        let guest = GuestLayout::new(6 << 30, 46).unwrap();
         let map = e820_map(&guest);
         let ram: u64 = map
             .iter()
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn entries_are_sorted_and_disjoint() {
-        let map = e820_map(&GuestLayout::new(5 << 30).unwrap());
+        let map = e820_map(&GuestLayout::new(5 << 30, 46).unwrap());
         for pair in map.windows(2) {
             assert!(pair[0].addr + pair[0].size <= pair[1].addr, "{pair:x?}");
         }

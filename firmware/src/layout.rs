@@ -11,12 +11,15 @@
 //! 0x0010_0000  ├ kernel (bzImage protected-mode part), then RAM up to the hole
 //!       …      │ initramfs at the top of RAM below the hole
 //! 0xc000_0000  ├ 32-bit PCI MMIO window (non-prefetchable BARs)
-//! 0xe000_0000  ├ PCI ECAM (bus 0 only: 1 MiB)                      (reserved in e820)
+//! 0xe000_0000  ├ PCI ECAM (1 MiB per bus in use, at most 32 buses)  (reserved in e820)
 //! 0xfec0_0000  ├ IOAPIC
 //! 0xfee0_0000  ├ LAPIC
 //! 0x1_0000_0000├ RAM above 4 GiB, when the guest has more than fits below the hole
-//!       …      ├ 64-bit prefetchable PCI window, 1 GiB aligned, above all RAM
+//!       …      ├ 64-bit prefetchable PCI window, 1 GiB aligned, above all RAM, ending
+//!              │ below the guest's physical address limit (CPUID 0x8000_0008)
 //! ```
+
+use std::ops::Range;
 
 /// Real-mode IVT and BIOS data area: left as RAM, Linux reads nothing from it we must fill.
 pub const LOW_RAM_START: u64 = 0;
@@ -63,13 +66,14 @@ pub const PCI_MMIO32_START: u64 = MEM_32BIT_HOLE_START;
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 /// PCI Express enhanced configuration space (ECAM / MMCONFIG).
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
-/// Buses covered by ECAM (and the root bridge's `_CRS`); 1 MiB of configuration space each.
-/// minivmm has one root bus and no bridges, so one. Linux takes the last ECAM bus as the
-/// last bus to probe for peer host bridges, 32 configuration reads per bus: with 256 buses
-/// that is 8,160 port exits during every boot, for buses that cannot exist.
-pub const PCI_ECAM_BUSES: u64 = 1;
-/// Size of ECAM: buses × 32 devices × 8 functions × 4 KiB.
-pub const PCI_ECAM_SIZE: u64 = PCI_ECAM_BUSES << 20;
+/// Buses ECAM can reach: bus 0 and one behind each root port, and bus 0 has 32 device
+/// numbers (one taken by the host bridge). The MCFG table and the root bridge's `_CRS` name
+/// only the buses in use ([`PciLayout::buses`]): Linux takes the last MCFG bus as the last
+/// bus to probe for peer host bridges, 32 configuration reads per bus, and with 256 buses
+/// that was 8,160 port exits during every boot, for buses that cannot exist.
+pub const PCI_ECAM_MAX_BUSES: u64 = 32;
+/// Size of the ECAM region minivmm traps: 32 devices × 8 functions × 4 KiB per bus.
+pub const PCI_ECAM_SIZE: u64 = PCI_ECAM_MAX_BUSES << 20;
 /// IOAPIC MMIO base (fixed by convention and by the in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// LAPIC MMIO base (architectural default of IA32_APIC_BASE).
@@ -78,7 +82,8 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 pub const MEM_4G: u64 = 0x1_0000_0000;
 /// Alignment of the 64-bit PCI window: large BARs are naturally aligned to their size.
 pub const PCI_MMIO64_ALIGN: u64 = 1 << 30;
-/// Default size of the 64-bit PCI window (multi-GiB GPU BARs fit).
+/// Size of the 64-bit PCI window before devices are placed (the PCI tree then makes it as
+/// large as its BARs need, never past the address limit).
 pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 
 /// COM1, the guest console.
@@ -147,24 +152,59 @@ impl RamRegion {
     }
 }
 
-/// The address map of one guest, derived from its RAM size.
+/// The PCI tree's part of the address map, final once the devices are placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciLayout {
+    /// Buses in use, 0 to `buses - 1`: what MCFG, the e820 map and PCI0's `_CRS` cover.
+    pub buses: u8,
+    /// The 64-bit prefetchable window, when the address width leaves room above RAM.
+    pub mmio64: Option<Range<u64>>,
+}
+
+impl PciLayout {
+    /// Bytes of ECAM the buses in use take.
+    pub fn ecam_size(&self) -> u64 {
+        u64::from(self.buses.max(1)) << 20
+    }
+}
+
+/// Why a guest cannot be laid out.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    /// Zero, not page aligned, or past the end of the address space.
+    #[error("{0} bytes is not a non-zero multiple of 4 KiB below the top of the address space")]
+    BadSize(u64),
+    /// RAM reaching past the guest's physical address width.
+    #[error("guest RAM would end at {end:#x}, past the {bits}-bit physical address width of this host: use less --memory")]
+    AboveLimit {
+        /// First address after RAM.
+        end: u64,
+        /// The address width.
+        bits: u8,
+    },
+}
+
+/// The address map of one guest, derived from its RAM size and physical address width.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestLayout {
     /// RAM regions, ascending: below the 32-bit hole, then above 4 GiB.
     pub ram: Vec<RamRegion>,
-    /// Start of the 64-bit prefetchable PCI window.
+    /// Where 64-bit prefetchable BARs may start: above RAM, 1 GiB aligned.
     pub mmio64_start: u64,
-    /// Size of the 64-bit prefetchable PCI window.
-    pub mmio64_size: u64,
+    /// The guest's physical address width (CPUID 0x8000_0008): nothing reaches
+    /// `1 << address_bits`.
+    pub address_bits: u8,
+    /// The PCI tree: buses and the 64-bit window.
+    pub pci: PciLayout,
 }
 
 impl GuestLayout {
-    /// Lay out `ram_size` bytes of RAM around the 32-bit hole.
-    ///
-    /// Returns `None` when the size is zero, not page aligned, or overflows the address space.
-    pub fn new(ram_size: u64) -> Option<GuestLayout> {
+    /// Lay out `ram_size` bytes of RAM around the 32-bit hole, in a guest whose physical
+    /// addresses have `address_bits` bits. Until devices are placed, the PCI tree is bus 0
+    /// and a 64 GiB window above RAM (cut at the address limit).
+    pub fn new(ram_size: u64, address_bits: u8) -> Result<GuestLayout, LayoutError> {
         if ram_size == 0 || !ram_size.is_multiple_of(4096) {
-            return None;
+            return Err(LayoutError::BadSize(ram_size));
         }
         let low = ram_size.min(MEM_32BIT_HOLE_START);
         let mut ram = vec![RamRegion {
@@ -173,19 +213,37 @@ impl GuestLayout {
         }];
         let high = ram_size - low;
         if high > 0 {
-            MEM_4G.checked_add(high)?;
+            MEM_4G
+                .checked_add(high)
+                .ok_or(LayoutError::BadSize(ram_size))?;
             ram.push(RamRegion {
                 start: MEM_4G,
                 size: high,
             });
         }
         let top = ram.last().map_or(0, RamRegion::end).max(MEM_4G);
-        let mmio64_start = top.checked_next_multiple_of(PCI_MMIO64_ALIGN)?;
-        mmio64_start.checked_add(PCI_MMIO64_SIZE)?;
-        Some(GuestLayout {
+        let limit = 1u64
+            .checked_shl(u32::from(address_bits))
+            .unwrap_or(u64::MAX);
+        let ram_end = ram.last().map_or(0, RamRegion::end);
+        if ram_end > limit {
+            return Err(LayoutError::AboveLimit {
+                end: ram_end,
+                bits: address_bits,
+            });
+        }
+        let mmio64_start = top
+            .checked_next_multiple_of(PCI_MMIO64_ALIGN)
+            .ok_or(LayoutError::BadSize(ram_size))?;
+        let mmio64_end = mmio64_start.saturating_add(PCI_MMIO64_SIZE).min(limit);
+        Ok(GuestLayout {
             ram,
             mmio64_start,
-            mmio64_size: PCI_MMIO64_SIZE,
+            address_bits,
+            pci: PciLayout {
+                buses: 1,
+                mmio64: (mmio64_end > mmio64_start).then_some(mmio64_start..mmio64_end),
+            },
         })
     }
 
@@ -198,11 +256,6 @@ impl GuestLayout {
     pub fn low_ram_end(&self) -> u64 {
         self.ram.first().map_or(0, RamRegion::end)
     }
-
-    /// Highest guest physical address used by RAM or the PCI windows, plus one.
-    pub fn top_of_address_space(&self) -> u64 {
-        self.mmio64_start + self.mmio64_size
-    }
 }
 
 #[cfg(test)]
@@ -211,7 +264,7 @@ mod tests {
 
     #[test]
     fn small_guest_is_one_region_below_the_hole() {
-        let layout = GuestLayout::new(256 << 20).unwrap();
+        let layout = GuestLayout::new(256 << 20, 46).unwrap();
         assert_eq!(
             layout.ram,
             vec![RamRegion {
@@ -220,12 +273,14 @@ mod tests {
             }]
         );
         assert_eq!(layout.mmio64_start, MEM_4G);
+        assert_eq!(layout.pci.mmio64, Some(MEM_4G..MEM_4G + (64 << 30)));
+        assert_eq!(layout.pci.buses, 1);
         assert_eq!(layout.low_ram_end(), 256 << 20);
     }
 
     #[test]
     fn large_guest_is_split_around_the_hole() {
-        let layout = GuestLayout::new(4 << 30).unwrap();
+        let layout = GuestLayout::new(4 << 30, 46).unwrap();
         assert_eq!(layout.ram.len(), 2);
         assert_eq!(layout.ram[0].end(), MEM_32BIT_HOLE_START);
         assert_eq!(layout.ram[1].start, MEM_4G);
@@ -236,8 +291,29 @@ mod tests {
 
     #[test]
     fn zero_and_unaligned_sizes_are_refused() {
-        assert!(GuestLayout::new(0).is_none());
-        assert!(GuestLayout::new(4097).is_none());
-        assert!(GuestLayout::new(!0xfff).is_none());
+        assert_eq!(GuestLayout::new(0, 46), Err(LayoutError::BadSize(0)));
+        assert_eq!(GuestLayout::new(4097, 46), Err(LayoutError::BadSize(4097)));
+        assert!(GuestLayout::new(!0xfff, 64).is_err());
+    }
+
+    #[test]
+    fn ram_and_the_64_bit_window_stay_below_the_address_limit() {
+        // 36 bits: 64 GiB of addresses; the window ends there.
+        let layout = GuestLayout::new(8 << 30, 36).unwrap();
+        assert_eq!(
+            layout.pci.mmio64,
+            Some((9 << 30)..(64 << 30)),
+            "3 GiB low, 5 GiB above 4 GiB"
+        );
+        assert_eq!(
+            GuestLayout::new(64 << 30, 36),
+            Err(LayoutError::AboveLimit {
+                end: (64 << 30) + (1 << 30),
+                bits: 36
+            })
+        );
+        // RAM right up to the limit leaves no 64-bit window.
+        let layout = GuestLayout::new(63 << 30, 36).unwrap();
+        assert_eq!(layout.pci.mmio64, None);
     }
 }

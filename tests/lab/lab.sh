@@ -23,7 +23,7 @@ now_ms() {
 
 # alive PID: the process exists and is not a zombie.
 alive() {
-  read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]
+  { read -r _ _ state _ < "/proc/$1/stat"; } 2>/dev/null && [ "$state" != Z ]
 }
 
 # wait_for FILE PATTERN PID DEADLINE_MS: polls every 20 ms; prints when PATTERN appeared (ms).

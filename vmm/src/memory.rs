@@ -24,8 +24,8 @@ pub enum Error {
     #[error("KVM refused guest RAM slot {0}: {1}")]
     Slot(u32, kvm_ioctls::Error),
     /// The layout has no room for the size.
-    #[error("--memory {0} MiB cannot be laid out")]
-    Layout(u64),
+    #[error("--memory {0} MiB cannot be laid out: {1}")]
+    Layout(u64, minivmm_firmware::layout::LayoutError),
 }
 
 /// Total host RAM in bytes, from sysinfo(2).
@@ -149,13 +149,13 @@ impl Drop for AlignedMapping {
 }
 
 /// Lay out and map `size` bytes of guest RAM.
-pub fn create(size: u64) -> Result<(GuestLayout, GuestRam), Error> {
+pub fn create(size: u64, address_bits: u8) -> Result<(GuestLayout, GuestRam), Error> {
     if let Some(host) = host_ram() {
         if size > host {
             return Err(Error::MoreThanHost(size >> 20, host >> 20));
         }
     }
-    let layout = GuestLayout::new(size).ok_or(Error::Layout(size >> 20))?;
+    let layout = GuestLayout::new(size, address_bits).map_err(|e| Error::Layout(size >> 20, e))?;
     let map_error = |e: &dyn std::fmt::Display| Error::Map(size >> 20, e.to_string());
     let mut mappings = Vec::new();
     let mut regions = Vec::new();
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn host_mappings_agree_with_guest_addresses_modulo_2mib() {
         for size in [2 << 20, 255 << 20, 256 << 20] {
-            let (layout, ram) = create(size).expect("guest RAM");
+            let (layout, ram) = create(size, 46).expect("guest RAM");
             assert_eq!(ram.iter().count(), layout.ram.len());
             for index in 0..layout.ram.len() {
                 let (guest, host) = host_address(&ram, index);
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn guest_ram_is_usable_and_unmapped_on_drop() {
-        let (_, ram) = create(4 << 20).expect("guest RAM");
+        let (_, ram) = create(4 << 20, 46).expect("guest RAM");
         ram.write_obj(0x1234_5678u32, GuestAddress((4 << 20) - 4))
             .expect("last word");
         assert_eq!(

@@ -165,7 +165,9 @@ impl Vm {
         log::info!("inputs checked");
         let kvm = open_kvm()?;
         check_cpu_count(&kvm, config.cpus)?;
-        let (layout, memory) = memory::create(config.memory)?;
+        let supported = supported_cpuid(&kvm)?;
+        let address_bits = cpuid::address_bits(&supported, cpuid::host_address_bits());
+        let (mut layout, memory) = memory::create(config.memory, address_bits)?;
         // Decompressing the kernel is the longest step (seconds under nested virtualization):
         // it runs on its own thread while the VM and its devices, passthrough included, are
         // built; if they fail, the loader is told to stop.
@@ -196,11 +198,14 @@ impl Vm {
             passthrough,
         } = machine;
         log::info!("kernel loaded");
+        if let Some(passthrough) = &passthrough {
+            layout.pci = passthrough.pci.clone();
+        }
         let vbios = passthrough.as_ref().map_or(&[][..], |p| p.vbios.as_slice());
         let boot = load_guest(&memory, &layout, config, vbios, kernel)?;
         log::info!("guest loaded, entry {:#x}", boot.entry);
         regs::write_boot_tables(&memory)?;
-        let vcpus = create_vcpus(&kvm, &vm, config.cpus, boot.entry)?;
+        let vcpus = create_vcpus(&kvm, &vm, &supported, config.cpus, boot.entry)?;
         let coalesced = vcpus
             .first()
             .and_then(|vcpu| CoalescedIo::new(&kvm, vm.clone(), vcpu))
@@ -319,14 +324,35 @@ impl Vm {
     }
 }
 
-/// The checks that need no VM (the files and the command line), before anything is built.
+/// The checks that need no VM, before anything is built or (with `--managed`) moved: the
+/// files, the command line, and whether the `--gpu` devices' BARs fit the guest.
 pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     let initramfs = config.initramfs.as_deref();
-    Ok(loader::preflight(
-        &config.kernel,
-        initramfs,
-        &config.cmdline,
-    )?)
+    loader::preflight(&config.kernel, initramfs, &config.cmdline)?;
+    if !config.gpus.is_empty() {
+        let bits = probe_address_bits();
+        let layout = GuestLayout::new(config.memory, bits)
+            .map_err(|e| memory::Error::Layout(config.memory >> 20, e))?;
+        passthrough::preflight(&config.gpus, &layout)?;
+    }
+    Ok(())
+}
+
+/// The guest's physical address width, from KVM when /dev/kvm opens (else the host CPU's:
+/// the build reports what is wrong with /dev/kvm).
+fn probe_address_bits() -> u8 {
+    let host = cpuid::host_address_bits();
+    Kvm::new()
+        .ok()
+        .and_then(|kvm| kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok())
+        .map_or(host.unwrap_or(36), |supported| {
+            cpuid::address_bits(&supported, host)
+        })
+}
+
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))
 }
 
 fn open_kvm() -> Result<Kvm, Error> {
@@ -498,10 +524,13 @@ fn create_buses(uarts: &Uarts) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
     Ok((buses, root))
 }
 
-fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize, entry: u64) -> Result<Vec<VcpuFd>, Error> {
-    let supported: CpuId = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    supported: &CpuId,
+    cpus: usize,
+    entry: u64,
+) -> Result<Vec<VcpuFd>, Error> {
     let msr_list = kvm
         .get_msr_index_list()
         .map_err(|e| Error::Kvm("KVM_GET_MSR_INDEX_LIST", e))?;
@@ -510,7 +539,7 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, cpus: usize, entry: u64) -> Result<Vec<Vcp
         let vcpu = vm
             .create_vcpu(index as u64)
             .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        vcpu.set_cpuid2(&cpuid::for_vcpu(&supported, index, cpus))
+        vcpu.set_cpuid2(&cpuid::for_vcpu(supported, index, cpus))
             .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
         msrs::setup(&vcpu, index, msr_list.as_slice())?;
         regs::setup_lapic(&vcpu, index)?;

@@ -1,11 +1,9 @@
-//! Base address registers: what a function's BARs are, where they go in the guest, and how
-//! the configuration shadow answers the guest's sizing probes.
+//! Base address registers: what a function's BARs are, and how the configuration shadow
+//! answers the guest's sizing probes (where they go is [`super::resources`]' choice).
 //!
 //! The shadow holds each BAR's guest address with `writable_bits` = the address bits the
 //! size allows, so the classic probe (write all ones, read back) returns the size mask with
 //! no special case, and a later write is a move the VMM picks up with [`bar_address`].
-
-use vm_allocator::{AddressAllocator, AllocPolicy};
 
 use super::config_space::ConfigSpace;
 
@@ -83,9 +81,6 @@ pub enum Error {
     /// A 64-bit BAR in the last register.
     #[error("BAR {0} is 64-bit but has no upper register")]
     Truncated(u8),
-    /// No room in the guest's window.
-    #[error("no room for BAR {0} ({1:#x} bytes) in the guest's {2} window")]
-    NoRoom(u8, u64, &'static str),
 }
 
 /// Describe a function's BARs from its six raw BAR registers (type bits) and the size of
@@ -123,33 +118,6 @@ pub fn decode_bars(
         index += if kind == BarKind::Mem64 { 2 } else { 1 };
     }
     Ok(bars)
-}
-
-/// The guest's windows BARs are placed in.
-#[derive(Debug)]
-pub struct BarWindows {
-    /// I/O ports.
-    pub io: AddressAllocator,
-    /// Memory below 4 GiB.
-    pub mmio32: AddressAllocator,
-    /// Prefetchable memory above RAM.
-    pub mmio64: AddressAllocator,
-}
-
-/// Choose a guest address for `bar`, naturally aligned: 64-bit prefetchable BARs above 4 GiB
-/// (multi-GiB GPU apertures fit there), other memory BARs below, I/O in the I/O window.
-pub fn place(bar: &Bar, windows: &mut BarWindows) -> Result<u64, Error> {
-    let (allocator, name, size) = match bar.kind {
-        BarKind::Io => (&mut windows.io, "I/O", bar.size),
-        BarKind::Mem64 if bar.prefetchable => {
-            (&mut windows.mmio64, "64-bit", bar.size.max(MIN_MEM_BAR))
-        }
-        _ => (&mut windows.mmio32, "32-bit", bar.size.max(MIN_MEM_BAR)),
-    };
-    allocator
-        .allocate(size, size, AllocPolicy::FirstMatch)
-        .map(|range| range.start())
-        .map_err(|_| Error::NoRoom(bar.index, bar.size, name))
 }
 
 /// Put `bar` at `address` in the shadow, with the writable bits that make sizing work.
@@ -196,14 +164,6 @@ mod tests {
         decode_bars(registers, sizes).unwrap()
     }
 
-    fn windows() -> BarWindows {
-        BarWindows {
-            io: AddressAllocator::new(0xc000, 0x4000).unwrap(),
-            mmio32: AddressAllocator::new(0xc000_0000, 0x2000_0000).unwrap(),
-            mmio64: AddressAllocator::new(1 << 32, 64 << 30).unwrap(),
-        }
-    }
-
     #[test]
     fn decodes_kinds_sizes_and_skips_the_upper_half_of_64_bit_bars() {
         let bars = gpu();
@@ -232,36 +192,6 @@ mod tests {
         assert_eq!(
             decode_bars([0, 0, 0, 0, 0, 0x4], |_| 4096),
             Err(Error::Truncated(5))
-        );
-    }
-
-    #[test]
-    fn placement_is_natural_and_puts_large_prefetchable_bars_above_4g() {
-        let mut windows = windows();
-        let addresses: Vec<u64> = gpu()
-            .iter()
-            .map(|b| place(b, &mut windows).unwrap())
-            .collect();
-        assert_eq!(addresses[0] % (16 << 20), 0);
-        assert!(addresses[0] >= 0xc000_0000 && addresses[0] < 0xe000_0000);
-        assert_eq!(addresses[1] % 4096, 0);
-        assert!((0xc000..0x10000).contains(&addresses[2]));
-        assert_eq!(addresses[3] % (8 << 30), 0);
-        assert!(addresses[3] >= 1 << 32);
-    }
-
-    #[test]
-    fn a_bar_too_large_for_its_window_is_an_error() {
-        let mut windows = windows();
-        let huge = Bar {
-            index: 0,
-            kind: BarKind::Mem32,
-            prefetchable: false,
-            size: 1 << 30,
-        };
-        assert_eq!(
-            place(&huge, &mut windows),
-            Err(Error::NoRoom(0, 1 << 30, "32-bit"))
         );
     }
 

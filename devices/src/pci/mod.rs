@@ -1,5 +1,7 @@
-//! PCI: the root bus with its two configuration front ends (mechanism #1 ports and ECAM),
-//! the configuration-space shadow, and the host bridge at 00:00.0.
+//! PCI: the tree (bus 0, and a bus behind each emulated root port) with its two
+//! configuration front ends (mechanism #1 ports and ECAM), the configuration-space shadow,
+//! the host bridge at 00:00.0, root ports, the firmware-style placement of BARs and
+//! windows, and the model of a passed-through function.
 
 pub mod bar;
 pub mod capability;
@@ -7,12 +9,15 @@ pub mod config_io;
 pub mod config_space;
 pub mod ecam;
 pub mod host_bridge;
+pub mod link;
 pub mod msi;
 pub mod passthrough;
+pub mod resources;
 pub mod root;
+pub mod root_port;
 
 pub use config_space::ConfigSpace;
-pub use root::PciRoot;
+pub use root::{PciAddress, PciRoot};
 
 /// One PCI function as seen through configuration space.
 pub trait PciFunction: Send {
@@ -22,7 +27,7 @@ pub trait PciFunction: Send {
     fn config_write(&mut self, offset: u16, data: &[u8]);
 }
 
-/// A device/function address on bus 0, as the 8-bit devfn PCI uses.
+/// A device/function address on one bus, as the 8-bit devfn PCI uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DevFn(pub u8);
 
@@ -40,12 +45,6 @@ impl DevFn {
     /// The function number.
     pub fn function(self) -> u8 {
         self.0 & 7
-    }
-}
-
-impl std::fmt::Display for DevFn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "00:{:02x}.{}", self.device(), self.function())
     }
 }
 

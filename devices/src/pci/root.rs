@@ -1,26 +1,61 @@
-//! The root bus: functions on bus 0 addressed by devfn. Other buses are empty.
+//! The PCI tree: the functions on bus 0 by devfn, and the root ports on bus 0 with the
+//! buses behind them. A configuration access for another bus goes to the root port whose
+//! secondary bus number (as the guest has it programmed) matches.
 
 use std::collections::BTreeMap;
 
+use super::root_port::RootPort;
 use super::{register_name, DevFn, PciFunction};
 
-/// Errors placing a function on the root bus.
+/// Errors placing a function in the tree.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// The slot/function is taken.
     #[error("PCI address {0} is already in use")]
-    InUse(DevFn),
+    InUse(PciAddress),
 }
 
-/// Bus 0 and the functions on it.
+/// A function's address: bus and devfn (segment 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    /// Bus number.
+    pub bus: u8,
+    /// Device and function on that bus.
+    pub devfn: DevFn,
+}
+
+impl PciAddress {
+    /// `bus`:`devfn`.
+    pub fn new(bus: u8, devfn: DevFn) -> Self {
+        PciAddress { bus, devfn }
+    }
+}
+
+impl std::fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:02x}:{:02x}.{}",
+            self.bus,
+            self.devfn.device(),
+            self.devfn.function()
+        )
+    }
+}
+
+/// Bus 0, its functions and its root ports (each with its own bus behind it).
 #[derive(Default)]
 pub struct PciRoot {
     functions: BTreeMap<DevFn, Box<dyn PciFunction>>,
+    ports: BTreeMap<DevFn, RootPort>,
 }
 
 impl std::fmt::Debug for PciRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.functions.keys()).finish()
+        f.debug_struct("PciRoot")
+            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .field("ports", &self.ports)
+            .finish()
     }
 }
 
@@ -30,26 +65,44 @@ impl PciRoot {
         Self::default()
     }
 
-    /// Place `function` at `devfn`.
+    /// Place `function` at `devfn` on bus 0.
     pub fn add(&mut self, devfn: DevFn, function: Box<dyn PciFunction>) -> Result<(), Error> {
-        if self.functions.contains_key(&devfn) {
-            return Err(Error::InUse(devfn));
-        }
+        self.check_free(devfn)?;
         self.functions.insert(devfn, function);
         Ok(())
     }
 
-    /// The first device number with no function on it.
-    pub fn free_device(&self) -> Option<u8> {
-        (0..32u8).find(|d| !self.functions.keys().any(|f| f.device() == *d))
+    /// Place a root port (with its children) at `devfn` on bus 0.
+    pub fn add_port(&mut self, devfn: DevFn, port: RootPort) -> Result<(), Error> {
+        self.check_free(devfn)?;
+        self.ports.insert(devfn, port);
+        Ok(())
     }
 
-    /// Configuration read; absent functions and other buses read as all ones.
+    fn check_free(&self, devfn: DevFn) -> Result<(), Error> {
+        if self.functions.contains_key(&devfn) || self.ports.contains_key(&devfn) {
+            return Err(Error::InUse(PciAddress::new(0, devfn)));
+        }
+        Ok(())
+    }
+
+    /// The device numbers on bus 0 that hold no function.
+    pub fn free_devices(&self) -> Vec<u8> {
+        let taken = |d: u8| {
+            self.functions
+                .keys()
+                .chain(self.ports.keys())
+                .any(|f| f.device() == d)
+        };
+        (0..32u8).filter(|d| !taken(*d)).collect()
+    }
+
+    /// Configuration read; absent functions read as all ones.
     pub fn config_read(&mut self, bus: u8, devfn: DevFn, offset: u16, data: &mut [u8]) {
         match self.function(bus, devfn) {
             Some(function) => {
                 function.config_read(offset, data);
-                trace_access(devfn, "read ", offset, data);
+                trace_access(PciAddress::new(bus, devfn), "read ", offset, data);
             }
             None => data.fill(0xff),
         }
@@ -58,21 +111,29 @@ impl PciRoot {
     /// Configuration write; absent functions ignore it.
     pub fn config_write(&mut self, bus: u8, devfn: DevFn, offset: u16, data: &[u8]) {
         if let Some(function) = self.function(bus, devfn) {
-            trace_access(devfn, "write", offset, data);
+            trace_access(PciAddress::new(bus, devfn), "write", offset, data);
             function.config_write(offset, data);
         }
     }
 
-    fn function(&mut self, bus: u8, devfn: DevFn) -> Option<&mut Box<dyn PciFunction>> {
-        if bus != 0 {
-            return None;
+    fn function(&mut self, bus: u8, devfn: DevFn) -> Option<&mut dyn PciFunction> {
+        if bus == 0 {
+            if let Some(port) = self.ports.get_mut(&devfn) {
+                return Some(port);
+            }
+            return self.functions.get_mut(&devfn).map(|f| f.as_mut() as _);
         }
-        self.functions.get_mut(&devfn)
+        // A port whose secondary bus the guest set to 0 (while renumbering) forwards nothing.
+        self.ports
+            .values_mut()
+            .find(|p| p.secondary_bus() == bus)
+            .and_then(|p| p.child(devfn))
+            .map(|f| f.as_mut() as _)
     }
 }
 
 /// `--trace pci`: one line per access to a present function, greppable by field.
-fn trace_access(devfn: DevFn, direction: &str, offset: u16, data: &[u8]) {
+fn trace_access(address: PciAddress, direction: &str, offset: u16, data: &[u8]) {
     if !log::log_enabled!(target: "pci", log::Level::Trace) {
         return;
     }
@@ -82,7 +143,7 @@ fn trace_access(devfn: DevFn, direction: &str, offset: u16, data: &[u8]) {
     }
     log::trace!(
         target: "pci",
-        "{devfn} {direction} off={offset:#05x} len={} val={:#0width$x} reg={}",
+        "{address} {direction} off={offset:#05x} len={} val={:#0width$x} reg={}",
         data.len(),
         u32::from_le_bytes(value),
         register_name(offset),
@@ -94,30 +155,82 @@ fn trace_access(devfn: DevFn, direction: &str, offset: u16, data: &[u8]) {
 mod tests {
     use super::*;
     use crate::pci::host_bridge::HostBridge;
+    use crate::pci::link::PcieLink;
+    use crate::pci::root_port::{BridgeWindows, RootPortConfig};
+
+    fn read32(root: &mut PciRoot, bus: u8, devfn: DevFn, offset: u16) -> u32 {
+        let mut data = [0u8; 4];
+        root.config_read(bus, devfn, offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn port(secondary_bus: u8) -> RootPort {
+        let mut port = RootPort::new(&RootPortConfig {
+            secondary_bus,
+            windows: BridgeWindows::default(),
+            link: PcieLink::UNKNOWN,
+            port_number: secondary_bus,
+            interrupt_line: 16,
+        });
+        port.add(0, Box::new(HostBridge::new())).unwrap();
+        port
+    }
 
     #[test]
     fn empty_slots_and_other_buses_read_all_ones() {
         let mut root = PciRoot::new();
         root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
             .unwrap();
-        let mut data = [0u8; 4];
-        root.config_read(0, DevFn::new(1, 0), 0, &mut data);
-        assert_eq!(data, [0xff; 4]);
-        root.config_read(1, DevFn::new(0, 0), 0, &mut data);
-        assert_eq!(data, [0xff; 4]);
-        root.config_read(0, DevFn::new(0, 0), 0, &mut data);
-        assert_eq!(u32::from_le_bytes(data), 0x0008_1b36);
+        assert_eq!(read32(&mut root, 0, DevFn::new(1, 0), 0), !0);
+        assert_eq!(read32(&mut root, 1, DevFn::new(0, 0), 0), !0);
+        assert_eq!(read32(&mut root, 0, DevFn::new(0, 0), 0), 0x0008_1b36);
     }
 
     #[test]
-    fn a_devfn_holds_one_function() {
+    fn a_devfn_holds_one_function_or_port() {
         let mut root = PciRoot::new();
         root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
             .unwrap();
         assert_eq!(
             root.add(DevFn::new(0, 0), Box::new(HostBridge::new())),
-            Err(Error::InUse(DevFn::new(0, 0)))
+            Err(Error::InUse(PciAddress::new(0, DevFn::new(0, 0))))
         );
-        assert_eq!(root.free_device(), Some(1));
+        root.add_port(DevFn::new(2, 0), port(1)).unwrap();
+        assert!(root.add_port(DevFn::new(2, 0), port(2)).is_err());
+        assert_eq!(root.free_devices().first(), Some(&1));
+        assert!(!root.free_devices().contains(&2));
+    }
+
+    #[test]
+    fn the_bus_behind_a_port_follows_its_secondary_bus_register() {
+        let mut root = PciRoot::new();
+        root.add_port(DevFn::new(1, 0), port(1)).unwrap();
+        assert_eq!(
+            read32(&mut root, 0, DevFn::new(1, 0), 0),
+            0x000c_1b36,
+            "the port"
+        );
+        assert_eq!(
+            read32(&mut root, 1, DevFn::new(0, 0), 0),
+            0x0008_1b36,
+            "its child"
+        );
+        assert_eq!(
+            read32(&mut root, 1, DevFn::new(1, 0), 0),
+            !0,
+            "device 1: none"
+        );
+        // The guest renumbers the port's bus to 4.
+        root.config_write(0, DevFn::new(1, 0), 0x19, &[4]);
+        assert_eq!(read32(&mut root, 1, DevFn::new(0, 0), 0), !0);
+        assert_eq!(read32(&mut root, 4, DevFn::new(0, 0), 0), 0x0008_1b36);
+    }
+
+    #[test]
+    fn addresses_print_as_bus_device_function() {
+        assert_eq!(
+            PciAddress::new(0x1a, DevFn::new(3, 1)).to_string(),
+            "1a:03.1"
+        );
     }
 }

@@ -45,7 +45,8 @@ fn sleep_states() -> Name {
 }
 
 fn pci_host_bridge(guest: &GuestLayout, sink: &mut Vec<u8>) {
-    let buses = AddressSpace::new_bus_number(0u16, (layout::PCI_ECAM_BUSES - 1) as u16);
+    let last_bus = u16::from(guest.pci.buses.saturating_sub(1));
+    let buses = AddressSpace::new_bus_number(0u16, last_bus);
     let config_ports = IO::new(layout::PCI_CONFIG_ADDRESS_PORT, 0xcf8, 1, 8);
     let io_low = AddressSpace::new_io(0u16, 0x0cf7, None);
     let io_high = AddressSpace::new_io(0x0d00u16, 0xffff, None);
@@ -56,21 +57,20 @@ fn pci_host_bridge(guest: &GuestLayout, sink: &mut Vec<u8>) {
         (layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE - 1) as u32,
         None,
     );
-    let mmio64 = AddressSpace::new_memory(
-        AddressSpaceCacheable::PreFetchable,
-        true,
-        guest.mmio64_start,
-        guest.mmio64_start + guest.mmio64_size - 1,
-        None,
-    );
-    let crs = ResourceTemplate::new(vec![
-        &buses,
-        &config_ports,
-        &io_low,
-        &io_high,
-        &mmio32,
-        &mmio64,
-    ]);
+    let mmio64 = guest.pci.mmio64.as_ref().map(|window| {
+        AddressSpace::new_memory(
+            AddressSpaceCacheable::PreFetchable,
+            true,
+            window.start,
+            window.end - 1,
+            None,
+        )
+    });
+    let mut resources: Vec<&dyn Aml> = vec![&buses, &config_ports, &io_low, &io_high, &mmio32];
+    if let Some(mmio64) = &mmio64 {
+        resources.push(mmio64);
+    }
+    let crs = ResourceTemplate::new(resources);
     let routes = intx_routes();
     let route_refs: Vec<&dyn Aml> = routes.iter().map(|r| r as &dyn Aml).collect();
     let prt = Package::new(route_refs);
@@ -168,32 +168,61 @@ mod tests {
 
     #[test]
     fn crs_carries_both_mmio_windows() {
-        let guest = GuestLayout::new(256 << 20).unwrap();
+        let guest = GuestLayout::new(256 << 20, 46).unwrap();
         let mut bytes = Vec::new();
         pci_host_bridge(&guest, &mut bytes);
         // DWordMemory min/max of the 32-bit window, little endian.
         assert!(contains(&bytes, &0xc000_0000u32.to_le_bytes()));
         assert!(contains(&bytes, &0xdfff_ffffu32.to_le_bytes()));
         // QWordMemory of the 64-bit window.
-        assert!(contains(&bytes, &guest.mmio64_start.to_le_bytes()));
-        let max = guest.mmio64_start + guest.mmio64_size - 1;
-        assert!(contains(&bytes, &max.to_le_bytes()));
+        let window = guest.pci.mmio64.clone().unwrap();
+        assert!(contains(&bytes, &window.start.to_le_bytes()));
+        assert!(contains(&bytes, &(window.end - 1).to_le_bytes()));
     }
 
-    #[test]
-    fn crs_gives_the_root_bridge_bus_0_only() {
-        let guest = GuestLayout::new(256 << 20).unwrap();
+    /// The WordBusNumber descriptor's min, max and length fields in PCI0's `_CRS`.
+    fn bus_range(guest: &GuestLayout) -> Vec<u8> {
         let mut bytes = Vec::new();
-        pci_host_bridge(&guest, &mut bytes);
+        pci_host_bridge(guest, &mut bytes);
         // WordBusNumber: tag 0x88, length 13, resource type 2 (bus), general and type
-        // flags, granularity 0, min 0, max 0, translation 0, length 1.
+        // flags, granularity, min, max, translation, length.
         let word_bus = [0x88, 0x0d, 0x00, 0x02];
         let at = bytes
             .windows(4)
             .position(|w| w == word_bus)
             .expect("a WordBusNumber descriptor");
-        let fields = &bytes[at + 6..at + 16];
-        assert_eq!(fields, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        bytes[at + 6..at + 16].to_vec()
+    }
+
+    #[test]
+    fn crs_gives_the_root_bridge_the_buses_in_use() {
+        let mut guest = GuestLayout::new(256 << 20, 46).unwrap();
+        assert_eq!(
+            bus_range(&guest),
+            [0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            "bus 0 only"
+        );
+        guest.pci.buses = 3;
+        assert_eq!(
+            bus_range(&guest),
+            [0, 0, 0, 0, 2, 0, 0, 0, 3, 0],
+            "buses 0-2"
+        );
+    }
+
+    #[test]
+    fn crs_has_no_64_bit_window_when_there_is_no_room() {
+        let mut guest = GuestLayout::new(256 << 20, 46).unwrap();
+        guest.pci.mmio64 = None;
+        let mut bytes = Vec::new();
+        pci_host_bridge(&guest, &mut bytes);
+        // QWordMemory descriptors start with tag 0x8a.
+        assert!(!contains(&bytes, &[0x8a, 0x2b, 0x00, 0x00]));
+        guest.pci.mmio64 = Some((8 << 30)..(16 << 30));
+        let mut bytes = Vec::new();
+        pci_host_bridge(&guest, &mut bytes);
+        assert!(contains(&bytes, &[0x8a, 0x2b, 0x00, 0x00]));
+        assert!(contains(&bytes, &((16u64 << 30) - 1).to_le_bytes()));
     }
 
     #[test]
@@ -219,7 +248,7 @@ mod tests {
         assert!(contains(&bytes, b"CONS"));
         let pnp0501 = [0x41, 0xd0, 0x05, 0x01]; // EISA id of PNP0501
         assert!(contains(&bytes, &pnp0501));
-        let dsdt = build(&GuestLayout::new(256 << 20).unwrap());
+        let dsdt = build(&GuestLayout::new(256 << 20, 46).unwrap());
         let table = dsdt.as_slice();
         let com1_at = table.windows(4).position(|w| w == b"COM1");
         let cons_at = table.windows(4).position(|w| w == b"CONS");

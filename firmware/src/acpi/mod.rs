@@ -63,7 +63,7 @@ pub fn build(config: &AcpiConfig) -> Result<AcpiBlob, Error> {
     let dsdt = writer.push(&to_bytes(&dsdt::build(config.layout)));
     let fadt = writer.push(&to_bytes(&fadt::build(dsdt)));
     let madt = writer.push(&madt::build(config.num_cpus));
-    let mcfg = writer.push(&to_bytes(&mcfg()));
+    let mcfg = writer.push(&to_bytes(&mcfg(config.layout)));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     for table in [fadt, madt, mcfg]
         .into_iter()
@@ -84,14 +84,14 @@ pub fn build(config: &AcpiConfig) -> Result<AcpiBlob, Error> {
     })
 }
 
-/// MCFG: one ECAM segment covering every bus of the layout.
-fn mcfg() -> MCFG {
+/// MCFG: one ECAM segment covering the buses in use.
+fn mcfg(guest: &GuestLayout) -> MCFG {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     mcfg.add_ecam(
         layout::PCI_ECAM_START,
         0,
         0,
-        (layout::PCI_ECAM_BUSES - 1) as u8,
+        guest.pci.buses.saturating_sub(1),
     );
     mcfg
 }
@@ -228,7 +228,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn blob(num_cpus: usize) -> AcpiBlob {
-        let layout = GuestLayout::new(256 << 20).unwrap();
+        let layout = GuestLayout::new(256 << 20, 46).unwrap();
         build(&AcpiConfig {
             extra_tables: &[],
             num_cpus,
@@ -270,11 +270,22 @@ pub(crate) mod tests {
         assert_eq!(u64_at(mcfg, 44), layout::PCI_ECAM_START);
         // Bus 0 only: a larger range makes Linux probe every bus for peer host bridges.
         assert_eq!(&mcfg[52..56], &[0, 0, 0, 0]);
+        // With two root ports, buses 0-2.
+        let mut layout = GuestLayout::new(256 << 20, 46).unwrap();
+        layout.pci.buses = 3;
+        let blob = build(&AcpiConfig {
+            num_cpus: 1,
+            layout: &layout,
+            extra_tables: &[],
+        })
+        .unwrap();
+        let mcfg = find(&blob, b"MCFG");
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 2]);
     }
 
     #[test]
     fn too_many_cpus_is_an_error() {
-        let layout = GuestLayout::new(256 << 20).unwrap();
+        let layout = GuestLayout::new(256 << 20, 46).unwrap();
         let err = build(&AcpiConfig {
             extra_tables: &[],
             num_cpus: 300,

@@ -70,7 +70,7 @@ echo
 # --trace pci writes a line per configuration access: count them, show a few.
 grep -v '^pci ' /tmp/vmm.err | sed 's/^/LAB:VMM /'
 echo "LAB:TRACE-PCI lines=$(grep -c '^pci ' /tmp/vmm.err)"
-grep '^pci 00:01.0 write .*reg=COMMAND' /tmp/vmm.err | head -n 2 | sed 's/^/LAB:TRACE /'
+grep '^pci 01:00.0 write .*reg=COMMAND' /tmp/vmm.err | head -n 2 | sed 's/^/LAB:TRACE /'
 echo "LAB:RESULT mdev rc=$rc"
 [ "$rc" = 0 ] || status=1
 echo 1 > "/sys/bus/mdev/devices/$uuid/remove"

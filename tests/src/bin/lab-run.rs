@@ -34,6 +34,12 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("\n{}", run.summary());
+    for (name, picture) in &run.pictures {
+        match picture {
+            Ok(file) => eprintln!("picture {name}: {}", file.display()),
+            Err(e) => eprintln!("picture {name}: {e}"),
+        }
+    }
     if run.end == End::Exited(Some(0)) && run.done_rc() == Some(0) {
         ExitCode::SUCCESS
     } else {

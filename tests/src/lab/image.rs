@@ -24,6 +24,15 @@ pub const L1_MODULES: &[&str] = &[
 /// virtio-rng).
 pub const L2_MODULES: &[&str] = &["uio", "uio_pci_generic", "virtio_pci", "virtio_rng"];
 
+/// Modules of the displays and the HD Audio function L2 drives in the `gpu-machine`
+/// scenario (fbcon is built into the kernel).
+pub const L2_DISPLAY_MODULES: &[&str] = &[
+    "bochs",
+    "virtio_gpu",
+    "snd_hda_intel",
+    "snd_hda_codec_generic",
+];
+
 /// Firmware QEMU reads to boot a Linux guest on q35 with -nodefaults (found by trying).
 const QEMU_FIRMWARE: &[&str] = &[
     "/usr/share/seabios/bios-256k.bin",
@@ -146,6 +155,16 @@ pub fn add_qemu(tree: &mut Tree) -> Result<()> {
     let strace = find_in_path("strace")
         .context(|| "strace is not installed (run tests/lab/prepare)".to_string())?;
     add_dynamic(tree, &strace, "usr/bin/strace")
+}
+
+/// Adds the host's lspci (pciutils), its libraries and the PCI ID database it names devices
+/// from.
+pub fn add_lspci(tree: &mut Tree) -> Result<()> {
+    let lspci = find_in_path("lspci")
+        .or_else(|| Some(PathBuf::from("/usr/bin/lspci")).filter(|p| p.is_file()))
+        .context(|| "lspci is not installed (run tests/lab/prepare)".to_string())?;
+    add_dynamic(tree, &lspci, "usr/bin/lspci")?;
+    tree.copy_same(Path::new("/usr/share/misc/pci.ids"))
 }
 
 pub fn find_in_path(name: &str) -> Option<PathBuf> {

@@ -3,23 +3,49 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use super::screen::{self, Request};
 use super::{Context, Result, RunOptions};
 
 const POLL: Duration = Duration::from_millis(100);
 
+/// Files of one L1 run that QEMU uses besides the console log.
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    /// QEMU's human monitor (`screendump` takes pictures of L1's displays).
+    pub monitor: PathBuf,
+    /// L1's second serial port (ttyS1): the harness answers a scenario's requests there.
+    pub control: PathBuf,
+}
+
 /// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
-/// emulated IOMMU with interrupt remapping, and PCI devices to pass through: edu, VGA, and
-/// a two-function pci-testdev at 05.0/05.1 (no ACS, so one IOMMU group, like a GPU and its
-/// HDMI audio), and virtio-rng at 06.0 (MSI-X and a 64-bit BAR; `iommu_platform=on`, or its
-/// DMA would bypass the emulated IOMMU that VFIO in L1 programs), and bochs-display at
-/// 07.0 with no ROM (`romfile=` empty: a display controller like a laptop dGPU), and a
-/// Radeon (ati-vga rv100, 1002:5159) with no ROM at 08.0: the motivating failure.
-pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Command {
+/// emulated IOMMU with interrupt remapping, and PCI devices to pass through:
+/// - on bus 0: edu, VGA, a two-function pci-testdev at 05.0/05.1 (no ACS, so one IOMMU
+///   group, like a GPU and its HDMI audio), virtio-rng at 06.0 (MSI-X and a 64-bit BAR;
+///   `iommu_platform=on`, or its DMA would bypass the emulated IOMMU that VFIO in L1
+///   programs), bochs-display at 07.0 with no ROM (`romfile=` empty: a display controller
+///   like a laptop dGPU), a Radeon (ati-vga rv100, 1002:5159) with no ROM at 08.0 (the
+///   motivating failure), and a three-function pci-testdev at 0b.0-0b.2;
+/// - behind PCIe root ports, as a GPU sits on a real host: virtio-gpu (DMA through the
+///   IOMMU, MSI-X) behind 09.0, its link set to 8 GT/s x4; and a display with its audio
+///   function (bochs-display 00.0 and an HD Audio controller with a codec at 00.1, one
+///   IOMMU group) behind 0a.0, at 5 GT/s x8;
+/// - with `big_bar`, ivshmem at 0c.0, whose 8 GiB BAR 2 is a sparse file in the run's
+///   directory.
+///
+/// Its displays are seen through `screendump` on the monitor socket.
+pub fn command(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    log: &Path,
+    sockets: &Sockets,
+    big_bar: Option<&Path>,
+) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -47,16 +73,55 @@ pub fn command(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Comma
         "bochs-display,romfile=,addr=07.0",
         "-device",
         "ati-vga,model=rv100,romfile=,addr=08.0",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", cmdline])
-    .arg("-serial")
-    .arg(format!("file:{}", log.display()))
-    .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-    .stdin(Stdio::null());
+        "-device",
+        "pcie-root-port,id=rp1,chassis=1,addr=09.0,x-speed=8,x-width=4",
+        "-device",
+        "virtio-gpu-pci,id=vgpu,bus=rp1,addr=00.0,iommu_platform=on,disable-legacy=on",
+        "-device",
+        "pcie-root-port,id=rp2,chassis=2,addr=0a.0,x-speed=5,x-width=8",
+        "-device",
+        "bochs-display,id=lit,bus=rp2,addr=00.0,multifunction=on,romfile=",
+        "-audiodev",
+        "none,id=snd",
+        "-device",
+        "ich9-intel-hda,id=hda,bus=rp2,addr=00.1",
+        "-device",
+        "hda-output,bus=hda.0,audiodev=snd",
+        "-device",
+        "pci-testdev,addr=0b.0,multifunction=on",
+        "-device",
+        "pci-testdev,addr=0b.1",
+        "-device",
+        "pci-testdev,addr=0b.2",
+    ]);
+    if let Some(file) = big_bar {
+        cmd.arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=big,size=8G,share=on,mem-path={}",
+                file.display()
+            ))
+            .args(["-device", "ivshmem-plain,memdev=big,addr=0c.0"]);
+    }
+    cmd.arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", cmdline])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=control,path={},server=on,wait=off",
+            sockets.control.display()
+        ))
+        .args(["-serial", "chardev:control"])
+        .arg("-monitor")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            sockets.monitor.display()
+        ))
+        .args(["-display", "none", "-no-reboot"])
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -77,12 +142,20 @@ pub struct Watched {
     pub wall: Duration,
     /// From QEMU's start to the first `LAB:L1-UP` in the log.
     pub l1_up: Option<Duration>,
+    /// The pictures the scenario asked for (`LAB:SCREENSHOT`), by name: the file, or why
+    /// there is none.
+    pub pictures: Vec<(String, Result<PathBuf>)>,
 }
 
 /// Starts `cmd` (QEMU) and watches `log_path` until QEMU exits, or kills QEMU — only this
 /// child, by its PID — on the hard timeout, on a silent log, when L1's kernel reports a CPU
 /// lockup, or when it lingers after LAB:DONE.
-pub fn run_watched(mut cmd: Command, log_path: &Path, opts: &RunOptions) -> Result<Watched> {
+pub fn run_watched(
+    mut cmd: Command,
+    log_path: &Path,
+    sockets: &Sockets,
+    opts: &RunOptions,
+) -> Result<Watched> {
     File::create(log_path).context(|| format!("cannot create {}", log_path.display()))?;
     // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
     // async-signal-safe. It makes the kernel kill QEMU if this thread dies (no orphan QEMU).
@@ -99,9 +172,16 @@ pub fn run_watched(mut cmd: Command, log_path: &Path, opts: &RunOptions) -> Resu
         .spawn()
         .context(|| "cannot start qemu-system-x86_64".to_string())?;
     let mut watch = Watch::new(log_path, start, opts.echo)?;
+    let dir = log_path.parent().unwrap_or(Path::new("."));
+    let mut pictures = Vec::new();
+    let mut control = screen::Control::default();
     let end = loop {
         sleep(POLL);
         let grew = watch.read_new()?;
+        for request in watch.new_requests() {
+            let picture = control.serve(&request, dir, sockets);
+            pictures.push((request.name.clone(), picture));
+        }
         if let Some(status) = child
             .try_wait()
             .context(|| "cannot wait for QEMU".to_string())?
@@ -120,6 +200,7 @@ pub fn run_watched(mut cmd: Command, log_path: &Path, opts: &RunOptions) -> Resu
         end,
         wall: start.elapsed(),
         l1_up: watch.l1_up,
+        pictures,
     })
 }
 
@@ -142,6 +223,8 @@ struct Watch {
     /// L1's kernel reported a CPU lockup.
     locked_up: bool,
     echo: bool,
+    /// Picture requests seen so far (complete lines only).
+    requests_seen: usize,
 }
 
 impl Watch {
@@ -158,7 +241,17 @@ impl Watch {
             l1_up,
             locked_up: false,
             echo,
+            requests_seen: 0,
         })
+    }
+
+    /// Picture requests on complete lines that were not returned before.
+    fn new_requests(&mut self) -> Vec<Request> {
+        let complete = self.log.rfind('\n').map_or("", |end| &self.log[..end]);
+        let all: Vec<Request> = complete.lines().filter_map(Request::parse).collect();
+        let new = all.get(self.requests_seen..).unwrap_or_default().to_vec();
+        self.requests_seen = all.len();
+        new
     }
 
     /// Appends what the log gained since the last call; true if it grew.

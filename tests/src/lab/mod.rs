@@ -9,6 +9,7 @@ mod console;
 mod cpio;
 mod image;
 mod l1;
+mod screen;
 
 use std::fmt::Display;
 use std::fs;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use console::{fields, Markers, Section};
 pub use l1::End;
+pub use screen::read_text;
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -41,6 +43,8 @@ pub struct Lab {
     pub edu_msi: PathBuf,
     /// The kernel's sample mediated display device (built by `prepare`).
     pub mbochs: PathBuf,
+    /// The module that asks `pcie_bandwidth_available()` about a device (built by `prepare`).
+    pub link_probe: PathBuf,
     /// The `run-as` helper (runs a program as an ordinary user in L1).
     pub run_as: PathBuf,
 }
@@ -96,6 +100,8 @@ pub struct LabRun {
     pub l1_up: Option<Duration>,
     pub l1_initramfs_bytes: u64,
     pub l2_initramfs_bytes: u64,
+    /// The pictures of L1's displays the scenario asked for, by name.
+    pub pictures: Vec<(String, Result<PathBuf>)>,
 }
 
 impl Markers for LabRun {
@@ -184,7 +190,8 @@ impl Lab {
         let busybox = cache.join("busybox/bin/busybox");
         let edu_msi = cache.join("edu-msi/edu_msi.ko");
         let mbochs = cache.join("mbochs/mbochs.ko");
-        for needed in [&kernel, &busybox, &edu_msi, &mbochs] {
+        let link_probe = cache.join("link-probe/link_probe.ko");
+        for needed in [&kernel, &busybox, &edu_msi, &mbochs, &link_probe] {
             if !needed.is_file() {
                 return Err(format!(
                     "{} is missing: run tests/lab/prepare",
@@ -220,6 +227,7 @@ impl Lab {
         Ok(Lab {
             edu_msi,
             mbochs,
+            link_probe,
             run_as,
             dir,
             work,
@@ -247,7 +255,12 @@ impl Lab {
                 .any(|l| l.trim() == format!("# lab-needs: {what}"))
         };
         let l2 = run_dir.join("l2.cpio.gz");
-        let l2_initramfs_bytes = self.l2_initramfs(&l2, needs("radeon"))?;
+        let extras = L2Extras {
+            radeon: needs("radeon"),
+            display: needs("display"),
+            lspci: needs("lspci"),
+        };
+        let l2_initramfs_bytes = self.l2_initramfs(&l2, &extras)?;
         let l1 = run_dir.join("l1.cpio.gz");
         let with_qemu = needs("qemu");
         let l1_initramfs_bytes = self.l1_initramfs(&l2, with_qemu, &l1)?;
@@ -259,8 +272,25 @@ impl Lab {
             cmdline.push_str(&format!(" lab.{key}={value}"));
         }
         let log_path = run_dir.join("l1.log");
-        let cmd = l1::command(&self.kernel, &l1, &cmdline, &log_path);
-        let watched = l1::run_watched(cmd, &log_path, opts)?;
+        let sockets = l1::Sockets {
+            monitor: run_dir.join("monitor.sock"),
+            control: run_dir.join("control.sock"),
+        };
+        // The big BAR's backing file is sparse and only lives for the run.
+        let big_bar = needs("big-bar").then(|| run_dir.join("big-bar.mem"));
+        let cmd = l1::command(
+            &self.kernel,
+            &l1,
+            &cmdline,
+            &log_path,
+            &sockets,
+            big_bar.as_deref(),
+        );
+        let watched = l1::run_watched(cmd, &log_path, &sockets, opts);
+        if let Some(file) = &big_bar {
+            let _ = fs::remove_file(file);
+        }
+        let watched = watched?;
         Ok(LabRun {
             scenario: scenario.to_string(),
             log: watched.log,
@@ -271,20 +301,30 @@ impl Lab {
             l1_up: watched.l1_up,
             l1_initramfs_bytes,
             l2_initramfs_bytes,
+            pictures: watched.pictures,
         })
     }
 
-    /// L2: busybox, `l2-init`, and the modules its device tests load (with `radeon`, the
-    /// radeon driver too: 6 MiB more, so only for the scenarios that say `lab-needs: radeon`).
-    fn l2_initramfs(&self, dest: &Path, radeon: bool) -> Result<u64> {
+    /// L2: busybox, `l2-init`, the scripts it runs and the modules its device tests load;
+    /// what only some scenarios need comes with their `lab-needs:` lines (`extras`).
+    fn l2_initramfs(&self, dest: &Path, extras: &L2Extras) -> Result<u64> {
         let mut tree = image::busybox_tree(&self.busybox, &self.dir.join("l2-init"))?;
         let mut modules = image::L2_MODULES.to_vec();
-        if radeon {
+        if extras.radeon {
             modules.push("radeon");
         }
+        if extras.display {
+            modules.extend(image::L2_DISPLAY_MODULES);
+        }
         image::add_modules(&mut tree, &self.kernel_root, &self.kernel_version, &modules)?;
-        tree.copy("l2-devices", &self.dir.join("l2-devices"))?;
+        for script in ["l2-devices", "l2-machine"] {
+            tree.copy(script, &self.dir.join(script))?;
+        }
         tree.copy("lib/modules/edu_msi.ko", &self.edu_msi)?;
+        tree.copy("lib/modules/link_probe.ko", &self.link_probe)?;
+        if extras.lspci {
+            image::add_lspci(&mut tree)?;
+        }
         tree.write_gz(dest)
     }
 
@@ -300,6 +340,7 @@ impl Lab {
         image::add_dynamic(&mut tree, &self.minivmm, "usr/bin/minivmm")?;
         image::add_dynamic(&mut tree, &self.run_as, "usr/bin/run-as")?;
         tree.copy("lab/mbochs.ko", &self.mbochs)?;
+        tree.copy("lab/link_probe.ko", &self.link_probe)?;
         // The PCI ID database (Debian's pci.ids package), for minivmm iommu-groups and doctor.
         tree.copy_same(Path::new("/usr/share/misc/pci.ids"))?;
         // A real VBIOS for another device (1002:5159), for the ROM-mismatch check.
@@ -327,6 +368,17 @@ impl Lab {
         }
         tree.write_gz(dest)
     }
+}
+
+/// What goes into L2's initramfs beyond the base, by the scenario's `lab-needs:` lines.
+#[derive(Debug, Clone, Copy)]
+struct L2Extras {
+    /// `radeon`: the radeon driver (6 MiB).
+    radeon: bool,
+    /// `display`: the DRM drivers of the lab's displays and the HD Audio driver.
+    display: bool,
+    /// `lspci`: pciutils' lspci with its libraries and the PCI ID database.
+    lspci: bool,
 }
 
 /// Adds what was being done to an error.

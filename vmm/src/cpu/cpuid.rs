@@ -10,6 +10,50 @@ const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
+/// Physical address width when CPUID has no leaf 0x8000_0008 (the architectural default).
+const DEFAULT_ADDRESS_BITS: u8 = 36;
+
+/// The guest's physical address width: CPUID 0x8000_0008 as KVM reports it (EAX[7:0], the
+/// host's usable width; EAX[23:16], when KVM sets it, the narrower width its page tables
+/// map for guests), and never more than `host_bits`, the host CPU's own. The guest's
+/// CPUID carries KVM's leaf unchanged, so its kernel sees at least this width; minivmm keeps
+/// guest RAM and every BAR below it.
+pub fn address_bits(supported: &CpuId, host_bits: Option<u8>) -> u8 {
+    let leaf = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map(|e| e.eax);
+    let mut bits = match leaf.map(|eax| (eax & 0xff) as u8) {
+        Some(bits) if bits != 0 => bits,
+        _ => DEFAULT_ADDRESS_BITS,
+    };
+    if let Some(guest) = leaf.map(|eax| ((eax >> 16) & 0xff) as u8) {
+        if guest != 0 {
+            bits = bits.min(guest);
+        }
+    }
+    if let Some(host) = host_bits {
+        bits = bits.min(host);
+    }
+    bits.clamp(32, 64)
+}
+
+/// The host CPU's physical address width (CPUID 0x8000_0008 EAX[7:0]), when it has the leaf.
+pub fn host_address_bits() -> Option<u8> {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID is available on every x86-64 CPU and only reads identification leaves.
+    #[allow(unused_unsafe)]
+    let max_extended = unsafe { __cpuid(0x8000_0000) }.eax;
+    if max_extended < 0x8000_0008 {
+        return None;
+    }
+    // SAFETY: as above; the leaf exists (checked against the highest extended leaf).
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { __cpuid(0x8000_0008) };
+    Some((leaf.eax & 0xff) as u8)
+}
+
 /// Bits of APIC id needed to number `cpus` vCPUs (all cores of one package, one thread each).
 fn core_id_bits(cpus: usize) -> u32 {
     usize::BITS - cpus.saturating_sub(1).leading_zeros()
@@ -101,6 +145,31 @@ mod tests {
         assert_eq!(find(&cpuid, 0xb, 1).eax, 2, "two bits number four cores");
         assert_eq!((find(&cpuid, 0xb, 2).ecx >> 8) & 0xff, 0, "end of levels");
         assert_eq!(find(&cpuid, 0x8000_0008, 0).ecx & 0xff, 3);
+    }
+
+    #[test]
+    fn the_address_width_is_the_narrowest_kvm_and_the_host_report() {
+        let with = |eax: u32| {
+            CpuId::from_entries(&[kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                eax,
+                ..Default::default()
+            }])
+            .unwrap()
+        };
+        assert_eq!(address_bits(&with(0x3027), None), 39);
+        assert_eq!(
+            address_bits(&with(0x3027), Some(36)),
+            36,
+            "the host's is lower"
+        );
+        assert_eq!(
+            address_bits(&with(0x0030_3034), Some(52)),
+            48,
+            "KVM's guest width"
+        );
+        assert_eq!(address_bits(&supported(), Some(40)), 36, "a zero leaf");
+        assert_eq!(address_bits(&CpuId::new(0).unwrap(), None), 36, "no leaf");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod binding;
 pub mod doctor;
 pub mod groups;
 pub mod pci;
+pub mod resources;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -212,9 +213,15 @@ pub(crate) mod fake {
             self
         }
 
-        /// A PCI function with its IDs, class, IOMMU group and driver.
+        /// A PCI function with its IDs, class, IOMMU group and driver, on the root bus.
         pub fn pci(&self, pci: FakePci) -> &Self {
-            let dev = format!("sys/devices/pci0000:00/{}", pci.bdf);
+            self.pci_at("sys/devices/pci0000:00", pci)
+        }
+
+        /// A PCI function under the device directory `parent` (a bridge's, for a function
+        /// behind it).
+        pub fn pci_at(&self, parent: &str, pci: FakePci) -> &Self {
+            let dev = format!("{parent}/{}", pci.bdf);
             self.file(&format!("{dev}/vendor"), &format!("0x{:04x}\n", pci.ids.0));
             self.file(&format!("{dev}/device"), &format!("0x{:04x}\n", pci.ids.1));
             self.file(&format!("{dev}/class"), &format!("0x{:06x}\n", pci.class));
@@ -226,11 +233,11 @@ pub(crate) mod fake {
                 symlink(&group_dir, dev_path.join("iommu_group")).unwrap();
                 symlink(&dev_path, group_dir.join("devices").join(pci.bdf)).unwrap();
             }
+            self.dir("sys/bus/pci/devices");
+            symlink(&dev_path, self.path("sys/bus/pci/devices").join(pci.bdf)).unwrap();
             if let Some(driver) = pci.driver {
                 self.bind_link(pci.bdf, driver);
             }
-            self.dir("sys/bus/pci/devices");
-            symlink(&dev_path, self.path("sys/bus/pci/devices").join(pci.bdf)).unwrap();
             self
         }
 
@@ -238,14 +245,14 @@ pub(crate) mod fake {
         pub fn bind_link(&self, bdf: &str, driver: &str) {
             let drv = self.path(&format!("sys/bus/pci/drivers/{driver}"));
             std::fs::create_dir_all(&drv).unwrap();
-            let dev = self.path(&format!("sys/devices/pci0000:00/{bdf}"));
+            let dev = self.path(&format!("sys/bus/pci/devices/{bdf}"));
             let _ = std::fs::remove_file(dev.join("driver"));
             symlink(&drv, dev.join("driver")).unwrap();
         }
 
         /// Remove `bdf`'s driver link.
         pub fn unbind_link(&self, bdf: &str) {
-            let dev = self.path(&format!("sys/devices/pci0000:00/{bdf}"));
+            let dev = self.path(&format!("sys/bus/pci/devices/{bdf}"));
             let _ = std::fs::remove_file(dev.join("driver"));
         }
 

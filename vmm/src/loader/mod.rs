@@ -174,9 +174,9 @@ fn write_vbios(memory: &GuestMemory, vbios: &[GuestVbios]) -> Result<FirmwareDat
         .iter()
         .filter(|v| v.vfct)
         .map(|v| vfct::VfctImage {
-            bus: 0,
-            device: v.devfn.device(),
-            function: v.devfn.function(),
+            bus: v.address.bus,
+            device: v.address.devfn.device(),
+            function: v.address.devfn.function(),
             vendor_id: v.vendor,
             device_id: v.device_id,
             subsystem_vendor_id: v.subsystem_vendor,
@@ -201,9 +201,9 @@ fn write_vbios(memory: &GuestMemory, vbios: &[GuestVbios]) -> Result<FirmwareDat
         .map(|v| setup_data::PciRom {
             vendor: v.vendor,
             device_id: v.device_id,
-            bus: 0,
-            device: v.devfn.device(),
-            function: v.devfn.function(),
+            bus: v.address.bus,
+            device: v.address.devfn.device(),
+            function: v.address.devfn.function(),
             rom: &v.rom,
         })
         .collect();
@@ -471,14 +471,14 @@ mod tests {
 
     #[test]
     fn initramfs_goes_to_the_top_of_low_ram() {
-        let guest = GuestLayout::new(256 << 20).unwrap();
+        let guest = GuestLayout::new(256 << 20, 46).unwrap();
         let addr = initramfs_address(&guest, &bzimage_result(0x200_0000), 0x1800).unwrap();
         assert_eq!(addr, (256 << 20) - 0x2000);
     }
 
     #[test]
     fn initramfs_never_overlaps_the_decompressing_kernel() {
-        let guest = GuestLayout::new(64 << 20).unwrap();
+        let guest = GuestLayout::new(64 << 20, 46).unwrap();
         // The kernel needs 0x10_0000 + 48 MiB while it decompresses; 32 MiB does not fit.
         assert!(initramfs_address(&guest, &bzimage_result(0x300_0000), 32 << 20).is_none());
         assert!(initramfs_address(&guest, &bzimage_result(0x300_0000), 8 << 20).is_some());

@@ -1,12 +1,14 @@
 //! One `--gpu` value: the device, then options after commas.
 //!
-//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off]`
+//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root]`
 //! - `rom=FILE`: serve this image as the device's VBIOS instead of the device's own ROM.
 //! - `rombar=off`: show no ROM in the ROM BAR (the image can still go by `vbios=`).
 //! - `vbios=PATHS`: where the guest finds the image, `+`-separated: `rombar` (the PCI ROM
 //!   BAR), `vfct` (the ACPI VFCT table radeon/amdgpu read first), `setup` (a SETUP_PCI boot
 //!   record, the kernel's platform ROM), or `none`. Default with `rom=`: all three.
 //! - `romcheck=off`: use an image whose vendor/device differ from the device's.
+//! - `bus=root`: put the device's guest slot on bus 0, as minivmm did before root ports;
+//!   `bus=port` (the default) puts it behind a PCIe root port of its own.
 
 use std::path::PathBuf;
 
@@ -43,6 +45,8 @@ pub struct GpuArg {
     pub vbios: VbiosPaths,
     /// `romcheck=off`.
     pub skip_id_check: bool,
+    /// `bus=root`: on bus 0 instead of behind a root port.
+    pub on_root_bus: bool,
 }
 
 impl std::str::FromStr for GpuArg {
@@ -56,6 +60,7 @@ impl std::str::FromStr for GpuArg {
             rom: None,
             vbios: VbiosPaths::ALL,
             skip_id_check: false,
+            on_root_bus: false,
         };
         let mut rom_bar = true;
         let mut vbios = None;
@@ -67,9 +72,11 @@ impl std::str::FromStr for GpuArg {
                 Some(("romcheck", "off")) => arg.skip_id_check = true,
                 Some(("romcheck", "on")) => arg.skip_id_check = false,
                 Some(("vbios", paths)) => vbios = Some(parse_paths(paths)?),
+                Some(("bus", "root")) => arg.on_root_bus = true,
+                Some(("bus", "port")) => arg.on_root_bus = false,
                 _ => {
                     return Err(format!(
-                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+setup or romcheck=off"
+                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+setup, romcheck=off or bus=root"
                     ))
                 }
             }
@@ -139,6 +146,18 @@ mod tests {
         assert!(!arg.vbios.rom_bar && arg.vbios.vfct && arg.vbios.setup);
         let arg: GpuArg = "01:00.0,rombar=off".parse().unwrap();
         assert!(!arg.vbios.rom_bar);
+    }
+
+    #[test]
+    fn a_device_sits_behind_a_root_port_unless_bus_root_is_given() {
+        let arg: GpuArg = "01:00.0".parse().unwrap();
+        assert!(!arg.on_root_bus);
+        let arg: GpuArg = "01:00.0,bus=root".parse().unwrap();
+        assert!(arg.on_root_bus);
+        let arg: GpuArg = "01:00.0,bus=root,bus=port".parse().unwrap();
+        assert!(!arg.on_root_bus);
+        let e = "01:00.0,bus=1".parse::<GpuArg>().unwrap_err();
+        assert!(e.contains("bus=root"), "{e}");
     }
 
     #[test]

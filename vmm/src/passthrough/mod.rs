@@ -1,18 +1,21 @@
 //! `--gpu`: host PCI functions (and mediated devices) handed to the guest through VFIO.
 //!
-//! The order is the design's: check the host ([`host_device`]), open the VFIO container
-//! with the KVM-VFIO device, open and reset each device (its group joins the container),
-//! build each function's model ([`PassthroughFunction`]) on the PCI root, wire INTx, and
-//! DMA-map all guest RAM. BARs are mapped when the guest turns decoding on, MSI/MSI-X
-//! when it enables them ([`vfio_function`]). Dropping [`Passthrough`] undoes all of it.
+//! The order is the design's: check the host ([`host_device`]), arrange the guest's PCI tree
+//! ([`topology`]: a root port per slot unless `bus=root`), open the VFIO container with the
+//! KVM-VFIO device, open and reset each device (its group joins the container), place every
+//! BAR and window as firmware would ([`resources::assign`]), build each function's model
+//! ([`PassthroughFunction`]) behind its port or on bus 0, wire INTx, hand the functions
+//! over with decoding on (their BARs mapped), and DMA-map all guest RAM. MSI/MSI-X are
+//! wired when the guest enables them ([`vfio_function`]). Dropping [`Passthrough`] undoes
+//! all of it. [`preflight`] runs the placement on what sysfs shows before anything is opened.
 
 pub mod gpu_arg;
 pub mod gsi;
 pub mod guest_map;
 pub mod host_device;
+pub mod topology;
 pub mod vfio_function;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,23 +23,25 @@ use std::time::Instant;
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use minivmm_devices::pci::bar::BarWindows;
-use minivmm_devices::pci::passthrough::{self, PassthroughFunction, RomSource};
-use minivmm_devices::pci::{DevFn, PciRoot};
-use minivmm_firmware::acpi::dsdt::intx_gsi;
-use minivmm_firmware::layout::{self, GuestLayout};
+use minivmm_devices::pci::link::PcieLink;
+use minivmm_devices::pci::passthrough::{self, PassthroughFunction, RomSource, Setup};
+use minivmm_devices::pci::resources::{self, FunctionNeeds, Placement, RootWindows, SlotNeeds};
+use minivmm_devices::pci::root_port::{RootPort, RootPortConfig};
+use minivmm_devices::pci::{PciAddress, PciRoot};
+use minivmm_firmware::layout::{self, GuestLayout, PciLayout};
 use minivmm_firmware::option_rom;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
-use vm_allocator::AddressAllocator;
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
+use crate::host::resources::{host_bars, upstream_link};
 use crate::memory::GuestMemory;
 use crate::vcpu::Buses;
 pub use gpu_arg::GpuArg;
 use guest_map::GuestMap;
 pub use host_device::GpuSpec;
 use host_device::HostDevice;
+use topology::GuestSlot;
 use vfio_function::{SharedFunction, VfioFunction};
 
 /// Errors passing a device through.
@@ -57,13 +62,19 @@ pub enum Error {
     /// A `rom=` image that cannot be used.
     #[error("{0}")]
     Rom(String),
+    /// The guest's PCI tree cannot be built.
+    #[error("{0}")]
+    Tree(String),
+    /// The BARs do not fit the guest's windows.
+    #[error("cannot pass {0}")]
+    Placement(#[from] resources::Error),
 }
 
 /// A VBIOS image the firmware tables hand to the guest for one function.
 #[derive(Clone, Debug)]
 pub struct GuestVbios {
-    /// The function's guest address (bus 0).
-    pub devfn: DevFn,
+    /// The function's guest address.
+    pub address: PciAddress,
     /// Vendor ID.
     pub vendor: u16,
     /// Device ID.
@@ -87,7 +98,7 @@ pub struct Attached {
     /// The host device.
     pub name: String,
     /// Its guest address.
-    pub devfn: DevFn,
+    pub address: PciAddress,
     /// Trapped BAR accesses so far.
     pub trapped: Arc<AtomicU64>,
     /// ROM BAR accesses so far (a ROM always traps).
@@ -102,7 +113,7 @@ pub fn report(attached: &[Attached]) -> String {
             format!(
                 "  passthrough {} at {}: {} trapped BAR accesses, {} ROM accesses\n",
                 a.name,
-                a.devfn,
+                a.address,
                 a.trapped.load(Ordering::Relaxed),
                 a.rom_reads.load(Ordering::Relaxed)
             )
@@ -119,6 +130,8 @@ pub struct Passthrough {
     pub attached: Vec<Attached>,
     /// VBIOS images for the firmware tables.
     pub vbios: Vec<GuestVbios>,
+    /// The PCI tree the firmware tables describe: buses and the 64-bit window.
+    pub pci: PciLayout,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -136,7 +149,7 @@ pub struct Attach<'a> {
     pub vm: &'a Arc<VmFd>,
     /// Its buses (traps go there).
     pub buses: &'a Arc<Buses>,
-    /// Bus 0.
+    /// The PCI tree (bus 0; root ports go there).
     pub root: &'a mut PciRoot,
     /// The guest's address map.
     pub layout: &'a GuestLayout,
@@ -148,13 +161,120 @@ pub struct Attach<'a> {
     pub slot_limit: u32,
 }
 
-/// Check, open and wire every device in `specs`.
+/// Check the placement of every `--gpu` device on what sysfs shows, before anything is
+/// opened (or moved by `--managed`): a BAR that cannot fit below the guest's address limit
+/// is refused here. Devices sysfs does not show, and mediated devices, are left to
+/// [`attach`], which checks everything again on what VFIO reports.
+pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
+    let sys = Path::new("/sys");
+    let mut functions = Vec::new();
+    let mut needs = Vec::new();
+    for arg in args {
+        let GpuSpec::Pci(bdf) = &arg.device else {
+            continue;
+        };
+        let Some((bars, device_rom)) = host_bars(&sys.join("bus/pci/devices").join(bdf)) else {
+            continue;
+        };
+        let rom = match (&arg.rom, arg.vbios.rom_bar) {
+            (_, false) => 0,
+            (Some(path), true) => {
+                std::fs::metadata(path).map_or(0, |m| option_rom::bar_size(m.len() as usize))
+            }
+            (None, true) => device_rom,
+        };
+        functions.push(tree_function(bdf, arg));
+        needs.push((bdf.clone(), FunctionNeeds { bars, rom }));
+    }
+    let slots = topology::arrange(&functions, &first_free_devices()).map_err(Error::Tree)?;
+    resources::assign(&slot_needs(&slots, &needs), &root_windows(layout))?;
+    Ok(())
+}
+
+/// Bus-0 device numbers a fresh PCI root leaves free (the host bridge has 0).
+fn first_free_devices() -> Vec<u8> {
+    (1..32).collect()
+}
+
+/// The tree's view of `--gpu` function `name` (`DDDD:BB:DD.F`, or a mediated device's).
+fn tree_function(name: &str, arg: &GpuArg) -> topology::Function {
+    let (host_slot, function) = match &arg.device {
+        GpuSpec::Pci(bdf) => {
+            let (slot, function) = bdf.rsplit_once('.').unwrap_or((bdf, "0"));
+            (slot.to_string(), function.parse().unwrap_or(0))
+        }
+        GpuSpec::Mdev(_) => (format!("mdev {name}"), 0),
+    };
+    topology::Function {
+        host_slot,
+        function,
+        on_root_bus: arg.on_root_bus,
+    }
+}
+
+/// What each slot needs placed, from each function's needs (by function index).
+fn slot_needs(slots: &[GuestSlot], needs: &[(String, FunctionNeeds)]) -> Vec<SlotNeeds> {
+    slots
+        .iter()
+        .map(|slot| {
+            let members: Vec<&(String, FunctionNeeds)> = slot
+                .members
+                .iter()
+                .filter_map(|(index, _)| needs.get(*index))
+                .collect();
+            SlotNeeds {
+                name: members.first().map_or_else(String::new, |m| m.0.clone()),
+                behind_port: slot.port_bus.is_some(),
+                functions: members.iter().map(|m| m.1.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The root bus's windows in `layout`.
+fn root_windows(layout: &GuestLayout) -> RootWindows {
+    let io = u64::from(layout::PCI_IO_START);
+    RootWindows {
+        io: io..io + u64::from(layout::PCI_IO_SIZE),
+        memory: layout::PCI_MMIO32_START..layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE,
+        prefetchable_start: layout.mmio64_start,
+        address_bits: layout.address_bits,
+    }
+}
+
+/// A device opened through VFIO, before its model exists.
+struct Opened {
+    host: VfioFunction,
+    name: String,
+    /// Vendor and device ID.
+    ids: (u16, u16),
+    /// Subsystem vendor and ID.
+    subsystem: (u16, u16),
+    /// What the ROM BAR shows.
+    rom: RomSource,
+    /// The `rom=` image, for the firmware tables.
+    image: Option<Arc<[u8]>>,
+    /// `vbios=`: the image goes in the VFCT table, in a SETUP_PCI record.
+    vfct: bool,
+    setup: bool,
+    /// Its INTx pin (0: none).
+    pin: u8,
+    needs: FunctionNeeds,
+}
+
+/// Check, open and wire every device in `args`.
 pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Error> {
     if args.is_empty() {
         return Ok(None);
     }
     let specs: Vec<GpuSpec> = args.iter().map(|a| a.device.clone()).collect();
     let devices = host_device::check_all(Path::new("/sys"), &specs)?;
+    let functions: Vec<topology::Function> = devices
+        .iter()
+        .zip(args)
+        .map(|(device, arg)| tree_function(&name_of(device), arg))
+        .collect();
+    let slots = topology::arrange(&functions, &at.root.free_devices()).map_err(Error::Tree)?;
     let container = open_container(at.vm)?;
     let ram: Vec<_> = at
         .memory
@@ -168,39 +288,90 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
         at.ram_slots,
         at.slot_limit,
     ));
-    let mut windows = bar_windows(at.layout)?;
+    let mut opened = Vec::new();
+    for (device, arg) in devices.iter().zip(args) {
+        opened.push(Some(open_device(device, arg, &container, &map)?));
+    }
+    let needs: Vec<(String, FunctionNeeds)> = opened
+        .iter()
+        .flatten()
+        .map(|o| (o.name.clone(), o.needs.clone()))
+        .collect();
+    let plan = resources::assign(&slot_needs(&slots, &needs), &root_windows(at.layout))?;
     let mut passthrough = Passthrough {
         functions: Vec::new(),
         container: container.clone(),
         dma: Vec::new(),
         attached: Vec::new(),
         vbios: Vec::new(),
+        pci: PciLayout {
+            buses: topology::bus_count(&slots),
+            mmio64: plan.prefetchable.clone(),
+        },
     };
-    for (device, devfn) in guest_addresses(&devices, at.root)? {
-        let arg = args
-            .iter()
-            .find(|a| a.device == device.spec)
-            .ok_or_else(|| Error::Vm(format!("{} lost its --gpu options", device.spec)))?;
-        let (function, vbios) = open_function(&device, arg, devfn, &container, &map, &mut windows)?;
-        passthrough.vbios.extend(vbios);
-        at.root
-            .add(devfn, Box::new(function.clone()))
-            .map_err(|e| Error::Vm(e.to_string()))?;
-        log::info!("{} is {devfn} in the guest", name_of(&device));
-        let (trapped, rom_reads) = {
-            let function = function.lock().unwrap_or_else(|e| e.into_inner());
-            (function.host().trapped(), function.host().rom_reads())
-        };
-        passthrough.attached.push(Attached {
-            name: name_of(&device),
-            devfn,
-            trapped,
-            rom_reads,
+    for (slot, placement) in slots.iter().zip(&plan.slots) {
+        let link = slot
+            .members
+            .first()
+            .and_then(|(index, _)| devices.get(*index))
+            .map(|device| upstream_link(&device.sysfs).unwrap_or(PcieLink::UNKNOWN));
+        let mut port = slot.port_bus.map(|bus| {
+            RootPort::new(&RootPortConfig {
+                secondary_bus: bus,
+                windows: placement.windows.clone().unwrap_or_default(),
+                link: link.unwrap_or(PcieLink::UNKNOWN),
+                port_number: bus,
+                interrupt_line: slot.intx_gsi(1) as u8,
+            })
         });
-        passthrough.functions.push(function);
+        for ((index, number), function_placement) in slot.members.iter().zip(&placement.functions) {
+            let device = opened
+                .get_mut(*index)
+                .and_then(Option::take)
+                .ok_or_else(|| Error::Vm("a device was placed twice".into()))?;
+            let address = slot.address(*number);
+            let port_link = port.as_ref().and(link);
+            let (function, vbios) =
+                build_function(device, slot, address, function_placement, port_link)?;
+            let placed = match &mut port {
+                Some(port) => port
+                    .add(*number, Box::new(function.clone()))
+                    .map_err(|e| Error::Vm(e.to_string())),
+                None => at
+                    .root
+                    .add(address.devfn, Box::new(function.clone()))
+                    .map_err(|e| Error::Vm(e.to_string())),
+            };
+            placed?;
+            passthrough.vbios.extend(vbios);
+            passthrough.attached.push(attached(&function, address));
+            passthrough.functions.push(function);
+        }
+        if let (Some(port), Some(devfn)) = (port, slot.port()) {
+            log::info!(
+                "root port at 00:{:02x}.0, bus {:02x} behind it, link {link:?}",
+                devfn.device(),
+                port.secondary_bus()
+            );
+            at.root
+                .add_port(devfn, port)
+                .map_err(|e| Error::Vm(e.to_string()))?;
+        }
     }
     passthrough.dma_map(at.memory)?;
     Ok(Some(passthrough))
+}
+
+/// How one function shows in `--exit-stats`.
+fn attached(function: &SharedFunction, address: PciAddress) -> Attached {
+    let function = function.lock().unwrap_or_else(|e| e.into_inner());
+    let host = function.host();
+    Attached {
+        name: host.name().to_string(),
+        address,
+        trapped: host.trapped(),
+        rom_reads: host.rom_reads(),
+    }
 }
 
 fn name_of(device: &HostDevice) -> String {
@@ -257,65 +428,6 @@ fn vfio_message(error: &VfioError, device: &str) -> String {
     }
 }
 
-fn bar_windows(layout: &GuestLayout) -> Result<BarWindows, Error> {
-    let allocator = |start: u64, size: u64| {
-        AddressAllocator::new(start, size).map_err(|e| Error::Vm(format!("BAR window: {e:?}")))
-    };
-    Ok(BarWindows {
-        io: allocator(
-            u64::from(layout::PCI_IO_START),
-            u64::from(layout::PCI_IO_SIZE),
-        )?,
-        mmio32: allocator(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)?,
-        mmio64: allocator(layout.mmio64_start, layout.mmio64_size)?,
-    })
-}
-
-/// Guest slot and function for each device: functions of one host slot share a guest slot
-/// (a GPU and its HDMI audio stay one multi-function device), keeping their function
-/// numbers when function 0 is among them, numbered from 0 otherwise; other devices (and
-/// mediated ones) get a slot each.
-fn guest_addresses(
-    devices: &[HostDevice],
-    root: &PciRoot,
-) -> Result<Vec<(HostDevice, DevFn)>, Error> {
-    let mut first_free = root.free_device().unwrap_or(32);
-    let mut by_slot: BTreeMap<String, Vec<(usize, u8)>> = BTreeMap::new();
-    for (i, device) in devices.iter().enumerate() {
-        let (key, function) = match device.bdf() {
-            Some(bdf) => {
-                let (slot, function) = bdf.rsplit_once('.').unwrap_or((bdf, "0"));
-                (slot.to_string(), function.parse().unwrap_or(0))
-            }
-            None => (format!("mdev{i}"), 0),
-        };
-        by_slot.entry(key).or_default().push((i, function));
-    }
-    let mut placed = vec![None; devices.len()];
-    let mut keys: Vec<_> = by_slot.into_iter().collect();
-    keys.sort_by_key(|(_, members)| members.first().map(|m| m.0));
-    for (_, mut members) in keys {
-        if first_free >= 32 {
-            return Err(Error::Vm("no free PCI slot left in the guest".into()));
-        }
-        members.sort_by_key(|m| m.1);
-        let keep = members.first().is_some_and(|m| m.1 == 0);
-        for (n, (i, function)) in members.iter().enumerate() {
-            let function = if keep { *function } else { n as u8 };
-            if let Some(slot) = placed.get_mut(*i) {
-                *slot = Some(DevFn::new(first_free, function));
-            }
-        }
-        first_free += 1;
-    }
-    Ok(devices
-        .iter()
-        .cloned()
-        .zip(placed)
-        .filter_map(|(d, p)| Some((d, p?)))
-        .collect())
-}
-
 /// The `rom=` image of `arg`, read and validated against the device's IDs.
 fn load_rom(arg: &GpuArg, name: &str, ids: (u16, u16)) -> Result<Option<Arc<[u8]>>, Error> {
     let Some(path) = &arg.rom else {
@@ -351,14 +463,13 @@ fn config_dword(vfio: &VfioDevice, offset: u64) -> u32 {
     u32::from_le_bytes(data)
 }
 
-fn open_function(
+/// Open `device` through VFIO, reset it when it can be, and read what its model needs.
+fn open_device(
     device: &HostDevice,
     arg: &GpuArg,
-    devfn: DevFn,
     container: &Arc<VfioContainer>,
     map: &Arc<GuestMap>,
-    windows: &mut BarWindows,
-) -> Result<(SharedFunction, Option<GuestVbios>), Error> {
+) -> Result<Opened, Error> {
     let name = name_of(device);
     let vfio = VfioDevice::new(&device.sysfs, container.clone(), false)
         .map_err(|e| Error::Vfio(vfio_message(&e, &name)))?;
@@ -374,32 +485,77 @@ fn open_function(
         (Some(image), true) => RomSource::Image(image.clone()),
         (None, true) => RomSource::Device,
     };
-    let vbios = image.map(|rom| GuestVbios {
-        devfn,
-        vendor: ids.0,
-        device_id: ids.1,
-        subsystem_vendor: subsystem as u16,
-        subsystem_id: (subsystem >> 16) as u16,
+    let pin = (config_dword(&vfio, 0x3c) >> 8) as u8;
+    let host = VfioFunction::new(vfio, name.clone(), map.clone());
+    let needs = passthrough::needs(&host, &rom).map_err(|e| Error::Model(name.clone(), e))?;
+    Ok(Opened {
+        host,
+        name,
+        ids,
+        subsystem: (subsystem as u16, (subsystem >> 16) as u16),
         rom,
+        image,
         vfct: arg.vbios.vfct,
         setup: arg.vbios.setup,
-    });
-    let pin = (config_dword(&vfio, 0x3c) >> 8) as u8;
-    let gsi = intx_gsi(u32::from(devfn.device()), u32::from(pin.saturating_sub(1)));
-    let host = VfioFunction::new(vfio, name.clone(), map.clone());
-    let function = PassthroughFunction::with_rom(host, windows, gsi as u8, rom)
-        .map_err(|e| Error::Model(name.clone(), e))?;
+        pin,
+        needs,
+    })
+}
+
+/// The model of `device` at `address` in `slot`, wired (INTx) and handed over with its BARs
+/// mapped; and its VBIOS for the firmware tables.
+fn build_function(
+    device: Opened,
+    slot: &GuestSlot,
+    address: PciAddress,
+    placement: &Placement,
+    port_link: Option<PcieLink>,
+) -> Result<(SharedFunction, Option<GuestVbios>), Error> {
+    let Opened {
+        host,
+        name,
+        ids,
+        subsystem,
+        rom,
+        image,
+        vfct,
+        setup,
+        pin,
+        ..
+    } = device;
+    let gsi = slot.intx_gsi(pin);
+    let view = Setup {
+        placement,
+        interrupt_line: gsi as u8,
+        rom,
+        multifunction: slot.multifunction(),
+        port_link,
+    };
+    let function =
+        PassthroughFunction::new(host, view).map_err(|e| Error::Model(name.clone(), e))?;
     let shared = Arc::new(Mutex::new(function));
     {
         let mut function = shared.lock().unwrap_or_else(|e| e.into_inner());
         function.host_mut().set_function(&shared);
-        if pin != 0 {
+        if gsi != 0 {
             function
                 .host_mut()
                 .enable_intx(gsi)
                 .map_err(|e| Error::Vm(format!("{name}: {e}")))?;
         }
+        function.hand_off();
     }
+    log::info!("{name} is {address} in the guest");
+    let vbios = image.map(|rom| GuestVbios {
+        address,
+        vendor: ids.0,
+        device_id: ids.1,
+        subsystem_vendor: subsystem.0,
+        subsystem_id: subsystem.1,
+        rom,
+        vfct,
+        setup,
+    });
     Ok((shared, vbios))
 }
 
