@@ -232,7 +232,7 @@ fn slot_needs(slots: &[GuestSlot], needs: &[(String, FunctionNeeds)]) -> Vec<Slo
 }
 
 /// The root bus's windows in `layout`.
-fn root_windows(layout: &GuestLayout) -> RootWindows {
+pub fn root_windows(layout: &GuestLayout) -> RootWindows {
     let io = u64::from(layout::PCI_IO_START);
     RootWindows {
         io: io..io + u64::from(layout::PCI_IO_SIZE),
