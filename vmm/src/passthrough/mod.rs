@@ -290,16 +290,19 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
         },
     };
     for (slot, placement) in slots.iter().zip(&plan.slots) {
-        let link = slot
-            .members
-            .first()
-            .and_then(|(index, _)| devices.get(*index))
-            .map(|device| upstream_link(&device.sysfs).unwrap_or(PcieLink::UNKNOWN));
-        let mut port = slot.port_bus.map(|bus| {
+        // Behind a port: the link the slot's first function has on the host.
+        let link = slot.port_bus.map(|_| {
+            slot.members
+                .first()
+                .and_then(|(index, _)| devices.get(*index))
+                .and_then(|device| upstream_link(&device.sysfs))
+                .unwrap_or(PcieLink::UNKNOWN)
+        });
+        let mut port = slot.port_bus.zip(link).map(|(bus, link)| {
             RootPort::new(&RootPortConfig {
                 secondary_bus: bus,
                 windows: placement.windows.clone().unwrap_or_default(),
-                link: link.unwrap_or(PcieLink::UNKNOWN),
+                link,
                 port_number: bus,
                 interrupt_line: slot.intx_gsi(1) as u8,
             })
@@ -310,9 +313,8 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
                 .and_then(Option::take)
                 .ok_or_else(|| Error::Vm("a device was placed twice".into()))?;
             let address = slot.address(*number);
-            let port_link = port.as_ref().and(link);
             let (function, vbios) =
-                build_function(device, slot, address, function_placement, port_link)?;
+                build_function(device, slot, address, function_placement, link)?;
             let placed = match &mut port {
                 Some(port) => port
                     .add(*number, Box::new(function.clone()))
