@@ -67,13 +67,11 @@ impl SerialPort {
 
     /// Queue host input for the guest; returns how many bytes fit in the receive FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        match self.uart.enqueue_raw_bytes(bytes) {
-            Ok(n) => n,
-            Err(e) => {
-                log::debug!("serial input dropped: {e:?}");
-                0
-            }
-        }
+        // A full FIFO takes nothing (the caller keeps the bytes for later).
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or_else(|e| {
+            log::debug!("serial input not taken: {e:?}");
+            0
+        })
     }
 
     /// Room left in the receive FIFO.

@@ -346,3 +346,163 @@ fn doctor_json_reports_every_host_item_and_a_missing_device() {
         "{human}"
     );
 }
+
+/// minivmm on `kernel` with `args`, stdin piped, and `fault` injected (MINIVMM_TEST_FAULT).
+fn spawn_with(kernel: &PathBuf, args: &[&str], fault: Option<&str>) -> Child {
+    let mut command = Command::new(minivmm());
+    command
+        .args(["--memory", "64M"])
+        .args(args)
+        .arg("--kernel")
+        .arg(kernel)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(fault) = fault {
+        command.env("MINIVMM_TEST_FAULT", fault);
+    }
+    command.spawn().unwrap()
+}
+
+#[test]
+fn a_forbidden_system_call_in_a_vcpu_ends_minivmm_naming_thread_and_call() {
+    let kernel = tiny_kernel("seccomp", SPIN);
+    let child = spawn_with(&kernel, &["--serial", "none"], Some("vcpu-syscall"));
+    let output = finish(child, Duration::from_secs(10));
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let line = format!(
+        "thread vcpu0 made system call {} (socket)",
+        libc::SYS_socket
+    );
+    assert!(text.contains(&line), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn with_seccomp_log_the_same_call_goes_through() {
+    let kernel = tiny_kernel("seccomp-log", SPIN);
+    let child = spawn_with(
+        &kernel,
+        &["--serial", "none", "--seccomp", "log"],
+        Some("vcpu-syscall"),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = finish(child, Duration::from_secs(10));
+    assert_eq!(
+        output.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_panicking_vcpu_ends_minivmm_with_its_message() {
+    let kernel = tiny_kernel("panic", SPIN);
+    let child = spawn_with(&kernel, &["--serial", "none"], Some("vcpu-panic"));
+    let output = finish(child, Duration::from_secs(10));
+    let text = stderr(&output);
+    assert!(text.contains("test fault: vCPU 0 panics"), "{text}");
+    assert!(!output.status.success(), "{text}");
+}
+
+#[test]
+fn the_guest_runs_without_root_once_built() {
+    // The guest reads its own process's ids through... nothing: the host checks them.
+    let kernel = tiny_kernel("ids", SPIN);
+    let child = spawn_with(&kernel, &["--serial", "none"], None);
+    std::thread::sleep(Duration::from_millis(700));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = finish(child, Duration::from_secs(10));
+    // SAFETY: plain id query.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+    }
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2", "filter mode");
+    assert_eq!(
+        output.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_vcpu_blocked_in_a_device_write_ends_the_process_instead_of_freeing_its_memory() {
+    // The guest writes COM1 without end; nobody reads minivmm's stdout, so once the pipe is
+    // full the vCPU thread blocks inside the UART's write and cannot be stopped.
+    let kernel = tiny_kernel(
+        "stuck",
+        &[
+            0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+            0xb0, 0x41, // mov al, 'A'
+            0xee, // out dx, al
+            0xeb, 0xfb, // jmp back to mov al
+        ],
+    );
+    let child = spawn_with(&kernel, &["--serial", "stdio"], None);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = finish(child, Duration::from_secs(15));
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("vCPU thread(s) [0] did not stop"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn four_kib_pasted_into_the_console_arrive_intact() {
+    // The guest echoes 4096 bytes from COM1 back to COM1 (polling LSR), then powers off.
+    let kernel = tiny_kernel(
+        "paste",
+        &[
+            0xb9, 0x00, 0x10, 0x00, 0x00, // mov ecx, 4096
+            0x66, 0xba, 0xfd, 0x03, // next: mov dx, 0x3fd (LSR)
+            0xec, // wait: in al, dx
+            0xa8, 0x01, // test al, 1 (data ready)
+            0x74, 0xfb, // jz wait
+            0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+            0xec, // in al, dx (RBR)
+            0xee, // out dx, al (THR)
+            0xff, 0xc9, // dec ecx
+            0x75, 0xed, // jnz next
+            0x66, 0xba, 0x00, 0x06, // mov dx, 0x600
+            0xb0, 0x34, // mov al, SLP_TYP(5) | SLP_EN
+            0xee, // out dx, al
+            0xeb, 0xfe, // jmp $
+        ],
+    );
+    let mut child = spawn_with(
+        &kernel,
+        &["--serial", "stdio", "--cmdline", "console=ttyS0"],
+        None,
+    );
+    // Printable bytes in a pattern that shows a lost or repeated one (no Ctrl-A).
+    let paste: Vec<u8> = (0..4096u32).map(|i| b'!' + (i * 7 % 90) as u8).collect();
+    child.stdin.take().unwrap().write_all(&paste).unwrap();
+    let output = finish(child, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(output.stdout.len(), paste.len());
+    assert!(
+        output.stdout == paste,
+        "the echo differs from what was pasted"
+    );
+}

@@ -392,6 +392,15 @@ fn passthrough_edu_and_vga_with_vfio() {
             pt.has("LAB:VMM irq 0000:00:01.0 INTx -> GSI 17 (irqfd with resample)"),
             "--trace irq shows edu's INTx route",
         )?;
+        let teardown_errors: Vec<&str> = pt
+            .markers("LAB:VMM ")
+            .into_iter()
+            .filter(|l| l.contains("Could not") || l.contains("VFIO_GROUP") || l.contains("ERROR"))
+            .collect();
+        expect(
+            teardown_errors.is_empty(),
+            format!("the two-function group (05.0 + 05.1) is torn down without error lines: {teardown_errors:?}"),
+        )?;
         let mdev = run.section("mdev")?;
         expect(
             mdev.field("LAB:RESULT", "rc") == Some("0"),
@@ -459,6 +468,16 @@ fn passthrough_edu_and_vga_with_vfio() {
         expect(
             run.field("LAB:RESULT holder", "rc") == Some("143"),
             "the holder minivmm stops on SIGTERM with 143",
+        )?;
+        let user = run.section("non-root")?;
+        expect(
+            user.has("LAB:RESULT non-root rc=0")
+                && user.has("L2:EDU-ID 0x010000ED")
+                && user.has("L2:POWEROFF"),
+            format!(
+                "a whole passthrough run as uid 1000 (edu's ID read in L2): {:?}",
+                user.markers("LAB:")
+            ),
         )
     });
 }
@@ -682,6 +701,99 @@ fn doctor_iommu_groups_bind_and_managed_runs_prepare_and_restore_the_host() {
     lab_test_with("host-tools", &part("tools"), host_tools_checks);
     lab_test_with("host-tools", &part("sigterm"), host_sigterm_checks);
     lab_test_with("host-tools", &part("group"), host_group_checks);
+    lab_test_with("host-tools", &part("faults"), host_faults_checks);
+    lab_test_with("host-tools", &part("sandbox"), host_sandbox_checks);
+}
+
+/// `host-tools` part `faults`: however the VM process ends, edu goes back.
+fn host_faults_checks(run: &LabRun) -> Checked {
+    let edu = "0000:00:01.0";
+    let said = |name: &str, text: &str| output(run, name).iter().any(|l| l.contains(text));
+    expect(
+        run.has("LAB:RC managed-bad-rom rc=1")
+            && said("managed-bad-rom", "/tmp/bad.rom")
+            && driver_at(run, "after-bad-rom", edu) == Some("uio_pci_generic"),
+        format!(
+            "a bad rom= is refused before --managed moves the device: {:?}",
+            output(run, "managed-bad-rom")
+        ),
+    )?;
+    expect(
+        run.has("LAB:RC managed-panic rc=134")
+            && said("managed-panic", "test fault: vCPU 0 panics")
+            && said("managed-panic", "killed by signal 6 (it aborted: a panic)")
+            && driver_at(run, "after-panic", edu) == Some("uio_pci_generic"),
+        format!(
+            "a panic in the VM process (an abort) still gives the device back: {:?}",
+            output(run, "managed-panic")
+        ),
+    )?;
+    expect(
+        run.has("LAB:RC managed-seccomp rc=1")
+            && said(
+                "managed-seccomp",
+                "thread vcpu0 made system call 41 (socket)",
+            )
+            && driver_at(run, "after-seccomp", edu) == Some("uio_pci_generic"),
+        format!(
+            "a seccomp kill names the thread and the call, and the device goes back: {:?}",
+            output(run, "managed-seccomp")
+        ),
+    )?;
+    expect(
+        driver_at(run, "during-build", edu) == Some("vfio-pci")
+            && run.has("LAB:RESULT managed-sigterm-build rc=143")
+            && driver_at(run, "after-sigterm-build", edu) == Some("uio_pci_generic"),
+        format!(
+            "SIGTERM while the kernel loads: exit 143 and the device back: {:?}",
+            output(run, "managed-sigterm-build")
+        ),
+    )
+}
+
+/// `host-tools` part `sandbox`: the VM process of a --managed run is not root, has no
+/// capabilities, runs under seccomp, and cannot write sysfs; the supervisor stays root.
+fn host_sandbox_checks(run: &LabRun) -> Checked {
+    let edu = "0000:00:01.0";
+    let sandbox = run.section("managed-sandbox")?;
+    for (line, what) in [
+        (
+            "LAB:STATUS vm Uid: 65534 65534 65534 65534",
+            "runs as nobody",
+        ),
+        (
+            "LAB:STATUS vm CapEff: 0000000000000000",
+            "has no capabilities",
+        ),
+        ("LAB:STATUS vm NoNewPrivs: 1", "cannot gain privileges"),
+        ("LAB:STATUS vm Seccomp: 2", "runs under seccomp filters"),
+        (
+            "LAB:STATUS supervisor Uid: 0 0 0 0",
+            "(the supervisor stays root)",
+        ),
+    ] {
+        expect(
+            sandbox.has(line),
+            format!("the VM process {what}: {:?}", sandbox.markers("LAB:STATUS")),
+        )?;
+    }
+    expect(
+        sandbox
+            .markers("LAB:VMM minivmm: test fault: cannot write /sys/bus/pci/drivers_probe: Permission denied")
+            .len()
+            == 1,
+        format!("the VM process cannot write sysfs: {:?}", sandbox.markers("LAB:VMM")),
+    )?;
+    expect(
+        driver_at(run, "during-sandbox", edu) == Some("vfio-pci")
+            && sandbox.has("L2:EDU-ID 0x010000ED")
+            && sandbox.has("LAB:RESULT managed-sandbox rc=0")
+            && driver_at(run, "after-sandbox", edu) == Some("uio_pci_generic"),
+        format!(
+            "the sandboxed guest uses edu, exits 0 and edu goes back: {:?}",
+            sandbox.markers("LAB:")
+        ),
+    )
 }
 
 /// `host-tools` part `tools`: iommu-groups, doctor, bind/unbind, --managed runs that fail

@@ -6,6 +6,7 @@ use clap::Parser;
 
 use crate::config::{parse_size, SerialMode, VmConfig, DEFAULT_CMDLINE, MAX_MEMORY};
 use crate::passthrough::GpuArg;
+use crate::sandbox::{privileges, Sandbox, SeccompMode};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -74,6 +75,14 @@ pub struct Args {
     /// width, value, register), bar (BAR maps and moves), irq (interrupt routes).
     #[arg(long, value_name = "WHAT", value_delimiter = ',')]
     pub trace: Vec<Trace>,
+    /// Seccomp filters on every thread: on (a forbidden system call ends minivmm with a line
+    /// naming it), log (allowed, logged by the kernel's audit) or off.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: SeccompMode,
+    /// When started as root: the user (USER[:GROUP] or UID[:GID]) that runs the guest once
+    /// the VM is built. `--user root` keeps root.
+    #[arg(long, value_name = "USER", default_value = privileges::DEFAULT_USER)]
+    pub user: String,
     /// On exit, print how many exits reached minivmm, by vCPU and by busiest address.
     #[arg(long)]
     pub exit_stats: bool,
@@ -215,6 +224,9 @@ pub enum Error {
     /// `--managed` without a device.
     #[error("--managed needs a --gpu device to manage")]
     ManagedWithoutGpu,
+    /// `--user` names nobody.
+    #[error("{0}")]
+    User(String),
 }
 
 impl Args {
@@ -242,6 +254,13 @@ impl Args {
             exit_stats: self.exit_stats,
             gpus: self.gpu,
             managed: self.managed,
+            sandbox: Sandbox {
+                seccomp: self.seccomp,
+                user: match self.user.as_str() {
+                    "root" | "0" => None,
+                    user => Some(privileges::resolve(user).map_err(Error::User)?),
+                },
+            },
         })
     }
 }

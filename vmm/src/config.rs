@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub gpus: Vec<GpuArg>,
     /// Move the devices to vfio-pci for the run (and back afterwards).
     pub managed: Option<crate::cli::ManagedScope>,
+    /// How the process confines itself once the VM is built.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// The command line used when none is given: the console on the console UART (MMIO, see

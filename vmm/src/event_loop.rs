@@ -76,11 +76,19 @@ impl ConsoleInput for ConsoleUart {
     }
 }
 
-/// Forwards stdin to the guest's console UART and watches for Ctrl-A x.
+/// Host input minivmm holds for a guest whose receive FIFO is full (a paste of a long
+/// command line). Past this, input is dropped and the user told once.
+const MAX_PENDING_INPUT: usize = 1 << 20;
+
+/// Forwards stdin to the guest's console UART and watches for Ctrl-A x. Input the UART's
+/// 64-byte FIFO cannot take yet waits here until the guest reads: call
+/// [`StdinForwarder::flush`] while [`StdinForwarder::has_pending`].
 pub struct StdinForwarder {
     serial: Arc<Mutex<dyn ConsoleInput>>,
     decoder: EscapeDecoder,
     state: Arc<RunState>,
+    pending: std::collections::VecDeque<u8>,
+    dropped: bool,
 }
 
 impl std::fmt::Debug for StdinForwarder {
@@ -96,13 +104,42 @@ impl StdinForwarder {
             serial,
             decoder: EscapeDecoder::default(),
             state,
+            pending: std::collections::VecDeque::new(),
+            dropped: false,
         }
+    }
+
+    /// Input for the guest, queued behind what is still pending.
+    pub fn push(&mut self, bytes: &[u8]) {
+        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
+        if bytes.len() > room && !self.dropped {
+            self.dropped = true;
+            log::warn!("the guest is not reading its console: input beyond 1 MiB is dropped");
+        }
+        self.pending
+            .extend(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+        self.flush();
+    }
+
+    /// Move as much pending input as the UART's FIFO has room for.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = serial.enqueue_input(self.pending.make_contiguous());
+        self.pending.drain(..taken.min(self.pending.len()));
+    }
+
+    /// Whether input is waiting for room in the guest's FIFO.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 }
 
 impl MutEventSubscriber for StdinForwarder {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 4096];
         // Unbuffered: a buffered reader could keep bytes epoll no longer reports.
         // SAFETY: reading at most buf.len() bytes into `buf`.
         let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
@@ -117,8 +154,7 @@ impl MutEventSubscriber for StdinForwarder {
         }
         let decoded = self.decoder.feed(buf.get(..n).unwrap_or_default());
         if !decoded.guest.is_empty() {
-            let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-            serial.enqueue_input(&decoded.guest);
+            self.push(&decoded.guest);
         }
         if decoded.quit {
             self.state.finish(Finish::UserQuit);

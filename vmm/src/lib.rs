@@ -21,6 +21,8 @@ pub mod loader;
 pub mod memory;
 pub mod passthrough;
 pub mod rom_tool;
+pub mod sandbox;
+pub mod supervisor;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

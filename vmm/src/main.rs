@@ -9,6 +9,7 @@ use minivmm::event_loop::Finish;
 use minivmm::host::binding::{Binder, Managed, RealKernel};
 use minivmm::host::{doctor, groups, HostRoot};
 use minivmm::passthrough::GpuSpec;
+use minivmm::supervisor::{self, Role};
 use minivmm::vcpu::Outcome;
 use minivmm::vm::Vm;
 
@@ -43,15 +44,33 @@ fn main() -> ExitCode {
         }
     }
     let managed = match bind_managed(&config) {
-        Ok(managed) => managed,
+        Ok(Some(managed)) => managed,
+        Ok(None) => return build_and_run(&config),
         Err(e) => {
             eprintln!("minivmm: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let status = build_and_run(&config);
-    // The VM and its VFIO files are gone by now: vfio-pci can let the devices go.
-    let failures = managed.map(Managed::release).unwrap_or_default();
+    let status = match supervisor::fork_vm() {
+        Ok(Role::Child) => {
+            // The binding record stays with the parent, which gives the devices back.
+            std::mem::forget(managed);
+            return build_and_run(&config);
+        }
+        Ok(Role::Parent(child)) => {
+            let end = supervisor::supervise(child);
+            if let Some(message) = end.message() {
+                eprintln!("minivmm: {message}");
+            }
+            end.exit_code()
+        }
+        Err(e) => {
+            eprintln!("minivmm: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    };
+    // The VM process and its VFIO files are gone by now: vfio-pci can let the devices go.
+    let failures = managed.release();
     for e in &failures {
         eprintln!("minivmm: {e}");
     }

@@ -3,13 +3,22 @@
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use minivmm_firmware::layout::GuestLayout;
+use vm_memory::bitmap::BS;
 use vm_memory::mmap::MmapRegionBuilder;
 #[cfg(test)]
 use vm_memory::Bytes;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryRegionBytes,
+    GuestRegionCollection, GuestRegionMmap, GuestUsize, MemoryRegionAddress, VolatileSlice,
+};
 
-/// Guest RAM as minivmm maps it.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest RAM as minivmm maps it: regions that each own their host mapping, so that any
+/// clone of the collection (vm-memory's collections are `Clone`) keeps the memory it points
+/// into mapped; the last one dropped unmaps it.
+pub type GuestMemory = GuestRegionCollection<RamRegion>;
+
+/// The owner of guest RAM (a name kept for what holds it for the VM's life).
+pub type GuestRam = GuestMemory;
 
 /// Errors creating guest RAM.
 #[derive(Debug, thiserror::Error)]
@@ -40,33 +49,79 @@ fn host_ram() -> Option<u64> {
 /// Huge-page size of x86-64: the alignment guest RAM's host mappings get.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Guest RAM: vm-memory's view of it plus the host mappings behind that view.
+/// One region of guest RAM: vm-memory's view of it and the host mapping behind that view.
 ///
 /// vm-memory maps regions wherever mmap puts them, which on Linux before 6.7 is only 4 KiB
 /// aligned. KVM maps guest memory with 2 MiB stage-2 pages only where guest-physical and host
 /// addresses agree modulo 2 MiB, so a misaligned mapping costs the guest a nested page fault
 /// per 4 KiB page it touches. minivmm therefore maps each region itself, 2 MiB aligned, and
-/// hands vm-memory the address; this type owns the mappings and unmaps them after the view.
-/// Borrow the view (`&*ram`); never clone it (`GuestMemory` is `Clone`, and a clone would
-/// outlive the mappings).
-pub struct GuestRam {
-    // Field order is drop order: the view goes before the mappings it points into.
-    memory: GuestMemory,
-    _mappings: Vec<AlignedMapping>,
+/// hands vm-memory the address (a view that does not unmap); this type owns both, and the
+/// collection holds it behind an `Arc`, so the mapping goes with the last view of it.
+pub struct RamRegion {
+    // Field order is drop order: the view goes before the mapping it points into.
+    view: GuestRegionMmap,
+    _mapping: AlignedMapping,
 }
 
-impl std::fmt::Debug for GuestRam {
+impl std::fmt::Debug for RamRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestRam")
-            .field("regions", &self.memory.num_regions())
+        f.debug_struct("RamRegion")
+            .field("start", &self.view.start_addr())
+            .field("len", &self.view.len())
             .finish_non_exhaustive()
     }
 }
 
-impl std::ops::Deref for GuestRam {
-    type Target = GuestMemory;
-    fn deref(&self) -> &GuestMemory {
-        &self.memory
+impl GuestMemoryRegion for RamRegion {
+    type B = ();
+
+    fn len(&self) -> GuestUsize {
+        self.view.len()
+    }
+
+    fn start_addr(&self) -> GuestAddress {
+        self.view.start_addr()
+    }
+
+    fn bitmap(&self) -> BS<'_, ()> {
+        self.view.bitmap()
+    }
+
+    fn get_host_address(
+        &self,
+        addr: MemoryRegionAddress,
+    ) -> vm_memory::guest_memory::Result<*mut u8> {
+        self.view.get_host_address(addr)
+    }
+
+    fn get_slice(
+        &self,
+        offset: MemoryRegionAddress,
+        count: usize,
+    ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, BS<'_, ()>>> {
+        self.view.get_slice(offset, count)
+    }
+}
+
+impl GuestMemoryRegionBytes for RamRegion {}
+
+impl RamRegion {
+    /// `len` bytes of fresh, zeroed RAM at guest address `start`.
+    fn new(start: u64, len: u64) -> Result<RamRegion, String> {
+        let len = usize::try_from(len).map_err(|e| e.to_string())?;
+        let mapping = AlignedMapping::new(len).map_err(|e| e.to_string())?;
+        // SAFETY: `mapping` is a live mapping of exactly `len` bytes; the region built on it
+        // is stored beside it in the RamRegion and dropped first.
+        let region =
+            unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(mapping.addr as *mut u8) }
+                .build()
+                .map_err(|e| e.to_string())?;
+        let view = GuestRegionMmap::new(region, GuestAddress(start))
+            .ok_or("the region wraps the address space")?;
+        Ok(RamRegion {
+            view,
+            _mapping: mapping,
+        })
     }
 }
 
@@ -143,7 +198,8 @@ impl AlignedMapping {
 impl Drop for AlignedMapping {
     fn drop(&mut self) {
         // SAFETY: the reservation was made by `new` and is owned by this value alone; the
-        // vm-memory view into it is dropped first (see `GuestRam`).
+        // vm-memory view into it is dropped first (see `RamRegion`), and every clone of the
+        // collection shares that RamRegion, so no view outlives it.
         unsafe { libc::munmap(self.reserved as *mut libc::c_void, self.reserved_len) };
     }
 }
@@ -156,30 +212,18 @@ pub fn create(size: u64, address_bits: u8) -> Result<(GuestLayout, GuestRam), Er
         }
     }
     let layout = GuestLayout::new(size, address_bits).map_err(|e| Error::Layout(size >> 20, e))?;
-    let map_error = |e: &dyn std::fmt::Display| Error::Map(size >> 20, e.to_string());
-    let mut mappings = Vec::new();
-    let mut regions = Vec::new();
-    for range in &layout.ram {
-        let len = usize::try_from(range.size).map_err(|e| map_error(&e))?;
-        let mapping = AlignedMapping::new(len).map_err(|e| map_error(&e))?;
-        // SAFETY: `mapping` is a live mapping of exactly `len` bytes, kept alive by the
-        // returned GuestRam for as long as the region built on it.
-        let region =
-            unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(mapping.addr as *mut u8) }
-                .build()
-                .map_err(|e| map_error(&e))?;
-        mappings.push(mapping);
-        regions.push(
-            GuestRegionMmap::new(region, GuestAddress(range.start))
-                .ok_or_else(|| map_error(&"region wraps the address space"))?,
-        );
-    }
-    let memory = GuestMemory::from_regions(regions).map_err(|e| map_error(&e))?;
-    let ram = GuestRam {
-        memory,
-        _mappings: mappings,
-    };
+    let ranges: Vec<(u64, u64)> = layout.ram.iter().map(|r| (r.start, r.size)).collect();
+    let ram = from_ranges(&ranges).map_err(|e| Error::Map(size >> 20, e))?;
     Ok((layout, ram))
+}
+
+/// Guest RAM of `(start, len)` ranges, each in its own 2 MiB-aligned host mapping.
+pub fn from_ranges(ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
+    let regions = ranges
+        .iter()
+        .map(|&(start, len)| RamRegion::new(start, len))
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemory::from_regions(regions).map_err(|e| e.to_string())
 }
 
 /// Register every RAM region as a KVM memory slot, slots 0.. in order.
@@ -242,7 +286,15 @@ mod tests {
             Some(0x1234_5678)
         );
         let (_, host) = host_address(&ram, 0);
+        // A clone (vm-memory's collections are Clone) keeps the memory mapped and usable.
+        let clone = ram.clone();
         drop(ram);
+        assert_eq!(
+            clone.read_obj::<u32>(GuestAddress((4 << 20) - 4)).ok(),
+            Some(0x1234_5678),
+            "a clone outlived the mapping"
+        );
+        drop(clone);
         let mut resident = [0u8; 1];
         // SAFETY: mincore only reports on the range; on an unmapped range it fails ENOMEM.
         let rc = unsafe { libc::mincore(host as *mut libc::c_void, 4096, resident.as_mut_ptr()) };

@@ -1,7 +1,9 @@
 //! The vCPU run loop: KVM exits go to the port-I/O and MMIO buses until the guest is done.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use minivmm_devices::bus::{Bus, Effect};
 
@@ -71,6 +73,44 @@ fn effect_outcome(effect: Option<Effect>, coalesced: Option<&CoalescedIo>) -> St
     }
 }
 
+thread_local! {
+    /// The `kvm_run` page of the vCPU this thread is running, for [`on_kick`]; null while
+    /// the thread runs none.
+    static RUNNING: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The handler of the kick signal: a KVM_RUN already in progress is interrupted by the
+/// signal itself; one the thread is about to enter returns EINTR at once because the
+/// handler sets `immediate_exit`. Without it a kick that lands between the stop check and
+/// the ioctl would be lost until the guest's next exit.
+pub extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A const-initialised thread-local without a destructor: reading it allocates nothing
+    // and takes no lock, so it is fine in a signal handler.
+    let run = RUNNING.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is set by `RunningGuard` to the kvm_run page of the VcpuFd this
+        // thread is running, and cleared before that run returns, so the page is mapped;
+        // immediate_exit is a byte KVM reads at entry.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Publishes a vCPU's `kvm_run` page to [`on_kick`] for as long as it lives.
+struct RunningGuard;
+
+impl RunningGuard {
+    fn new(fd: &mut VcpuFd) -> RunningGuard {
+        RUNNING.with(|cell| cell.set(fd.get_kvm_run()));
+        RunningGuard
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        RUNNING.with(|cell| cell.set(std::ptr::null_mut()));
+    }
+}
+
 /// KVM_SYSTEM_EVENT types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
@@ -78,6 +118,8 @@ const SYSTEM_EVENT_RESET: u32 = 2;
 impl VcpuRunner<'_> {
     /// Run until the guest powers off, reboots, faults, or the VMM stops it.
     pub fn run(&mut self) -> Outcome {
+        // Dropped before `self.fd` can be: the page stays mapped while published.
+        let _running = RunningGuard::new(self.fd);
         loop {
             if self.stop.load(Ordering::Acquire) {
                 if let Some(coalesced) = self.coalesced {
@@ -155,7 +197,12 @@ impl VcpuRunner<'_> {
             }
             Ok(VcpuExit::Intr) => Step::Continue,
             Ok(other) => Step::Fault(format!("unexpected exit {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick: the stop flag was set before it was sent, so the next check sees
+                // it; a later kick sets the byte again.
+                self.fd.set_kvm_immediate_exit(0);
+                Step::Continue
+            }
             Err(e) => Step::Fault(format!("KVM_RUN failed: {e}")),
         }
     }

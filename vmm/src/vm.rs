@@ -3,7 +3,7 @@
 use std::os::fd::FromRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,9 @@ use crate::event_loop::{ConsoleInput, ExitWatcher, Finish, RunState, SignalFd, S
 use crate::loader::{self, LoadConfig};
 use crate::memory::{self, GuestMemory, GuestRam};
 use crate::passthrough::{self, Passthrough};
+use crate::sandbox::{self, Fault, Sandbox, ThreadKind};
 use crate::terminal::RawTerminal;
-use crate::vcpu::{Buses, ExitCounters, VcpuRunner};
+use crate::vcpu::{Buses, ExitCounters, Outcome, VcpuRunner};
 
 /// Most vCPUs the MADT can number (8-bit APIC ids, one left for the IOAPIC).
 pub const MAX_CPUS: usize = 254;
@@ -63,12 +64,18 @@ pub enum Error {
     /// Opening the console file, eventfds, threads.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// Giving up root, seccomp.
+    #[error("sandbox: {0} (--seccomp off or --user root run without it)")]
+    Sandbox(String),
     /// Device placement.
     #[error("cannot place a device: {0}")]
     Device(String),
     /// `--gpu`.
     #[error(transparent)]
     Passthrough(#[from] passthrough::Error),
+    /// vCPU threads that did not stop: the VM was leaked, and the process must end.
+    #[error("vCPU thread(s) {0:?} did not stop within 2 s of the end of the run ({1:?}); ending the process without freeing what they use")]
+    VcpusStuck(Vec<usize>, Finish),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -94,6 +101,7 @@ pub struct Vm {
     attach_stdin: bool,
     /// Exit statistics, per vCPU.
     pub counters: Arc<Vec<ExitCounters>>,
+    sandbox: Sandbox,
 }
 
 impl std::fmt::Debug for Vm {
@@ -163,6 +171,7 @@ impl Vm {
     pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         preflight(config)?;
         log::info!("inputs checked");
+        config.sandbox.prepare().map_err(Error::Sandbox)?;
         let kvm = open_kvm()?;
         check_cpu_count(&kvm, config.cpus)?;
         let supported = supported_cpuid(&kvm)?;
@@ -176,7 +185,11 @@ impl Vm {
             let loading = std::thread::Builder::new()
                 .name("kernel-loader".into())
                 .spawn_scoped(scope, || {
-                    loader::load_kernel(&memory, &config.kernel, &abandon)
+                    config
+                        .sandbox
+                        .confine(ThreadKind::Loader)
+                        .map_err(Error::Sandbox)?;
+                    Ok::<_, Error>(loader::load_kernel(&memory, &config.kernel, &abandon)?)
                 })
                 .map_err(io("cannot start the kernel-loader thread"))?;
             let machine = Machine::create(&kvm, config, &layout, &memory);
@@ -240,6 +253,7 @@ impl Vm {
             console_input,
             attach_stdin: config.serial == SerialMode::Stdio,
             counters,
+            sandbox: config.sandbox,
         })
     }
 
@@ -267,25 +281,60 @@ impl Vm {
             state.clone(),
             signals,
         ))));
-        let _raw_terminal = if self.attach_stdin {
-            let forwarder = StdinForwarder::new(self.console_input.clone(), state.clone());
-            events.add_subscriber(Arc::new(Mutex::new(forwarder)));
+        let forwarder = self.attach_stdin.then(|| {
+            Arc::new(Mutex::new(StdinForwarder::new(
+                self.console_input.clone(),
+                state.clone(),
+            )))
+        });
+        let _raw_terminal = forwarder.as_ref().and_then(|forwarder| {
+            events.add_subscriber(forwarder.clone());
             RawTerminal::enter()
-        } else {
-            None
-        };
+        });
+        // Everything that needs root is open or done: the guest runs without it.
+        self.sandbox.drop_privileges().map_err(Error::Sandbox)?;
+        if sandbox::injected_fault() == Some(Fault::WriteSysfs) {
+            sandbox::try_writing_sysfs();
+        }
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = self.spawn_vcpus(&state, &stop)?;
+        // Each vCPU installs its filter and waits here; the main thread installs its own
+        // after starting them (a filter is inherited by threads started later, and filters
+        // stack), then lets the guest run its first instruction.
+        let start = Arc::new(Barrier::new(self.vcpus.len() + 1));
+        let threads = self.spawn_vcpus(&state, &stop, &start)?;
+        let confined = self.sandbox.confine(ThreadKind::Main);
+        if confined.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        start.wait();
+        if let Err(e) = confined {
+            let _ = stop_vcpus(&stop, threads);
+            return Err(Error::Sandbox(e));
+        }
         log::info!("vCPUs running");
         let finish = loop {
             if let Some(finish) = state.finished() {
                 break finish;
             }
-            if let Err(e) = events.run_with_timeout(1000) {
+            // Input waiting for the guest's FIFO is offered again every millisecond (a
+            // 16550 takes 64 bytes per interrupt; the guest drains it that fast).
+            let waiting = forwarder.as_ref().is_some_and(|f| {
+                let mut forwarder = lock(f);
+                forwarder.flush();
+                forwarder.has_pending()
+            });
+            if let Err(e) = events.run_with_timeout(if waiting { 1 } else { 1000 }) {
                 log::error!("event loop: {e:?}");
             }
         };
-        stop_vcpus(&stop, threads);
+        let stuck = stop_vcpus(&stop, threads);
+        if !stuck.is_empty() {
+            // Guest RAM, the BAR mappings and the VFIO files stay as they are: the process
+            // must end now, and only then may the kernel free them (`--managed` gives the
+            // devices back from the supervising process once this one is gone).
+            std::mem::forget(self);
+            return Err(Error::VcpusStuck(stuck, finish));
+        }
         Ok(finish)
     }
 
@@ -293,6 +342,7 @@ impl Vm {
         &mut self,
         state: &Arc<RunState>,
         stop: &Arc<AtomicBool>,
+        start: &Arc<Barrier>,
     ) -> Result<Vec<JoinHandle<()>>, Error> {
         install_kick_handler();
         let mut threads = Vec::new();
@@ -300,9 +350,20 @@ impl Vm {
             let (buses, stop, state) = (self.buses.clone(), stop.clone(), state.clone());
             let counters = self.counters.clone();
             let coalesced = self.coalesced.clone();
+            let (sandbox, start) = (self.sandbox, start.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    let confined = sandbox.confine(ThreadKind::Vcpu);
+                    start.wait();
+                    if let Err(e) = confined {
+                        let reason = format!("vCPU {index}: sandbox: {e}");
+                        state.finish(Finish::Vcpu(index, Outcome::Failed(reason)));
+                        return;
+                    }
+                    if index == 0 {
+                        inject_vcpu_fault();
+                    }
                     let Some(counters) = counters.get(index) else {
                         return;
                     };
@@ -556,30 +617,56 @@ fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-/// A no-op handler: the signal's only job is to make KVM_RUN return EINTR.
+/// [`Fault::VcpuPanic`] and [`Fault::VcpuSyscall`], when the test suite asks for them.
+fn inject_vcpu_fault() {
+    match sandbox::injected_fault() {
+        Some(Fault::VcpuPanic) => panic!("test fault: vCPU 0 panics"),
+        Some(Fault::VcpuSyscall) => {
+            // SAFETY: socket(2) with constant arguments; the descriptor (if any) is closed.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by socket and is owned here.
+                unsafe { libc::close(fd) };
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The kick handler ([`crate::vcpu::on_kick`]) makes KVM_RUN return EINTR, even when the
+/// signal lands just before the thread enters it.
 fn install_kick_handler() {
-    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-    if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+    if let Err(e) =
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), crate::vcpu::on_kick)
+    {
         log::warn!("cannot install the vCPU kick handler: {e}");
     }
 }
 
-/// Ask every vCPU to stop and wait (bounded) for the threads to end.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// How long vCPU threads get to stop before minivmm gives up on them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Ask every vCPU to stop, kick each thread once, and wait (bounded) for them to end.
+/// Returns the indexes of threads still running at the deadline: they may be inside
+/// KVM_RUN or a device, so nothing they use may be freed.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> Vec<usize> {
     stop.store(true, Ordering::Release);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-        for thread in threads.iter().filter(|t| !t.is_finished()) {
-            // SAFETY: the thread is alive (not finished) and its pthread_t is valid.
-            unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    for thread in threads.iter().filter(|t| !t.is_finished()) {
+        // SAFETY: the thread has not been joined, so its pthread_t is valid (a finished but
+        // unjoined thread ignores the signal).
+        unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
     }
-    for thread in threads {
+    let deadline = Instant::now() + STOP_GRACE;
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut stuck = Vec::new();
+    for (index, thread) in threads.into_iter().enumerate() {
         if thread.is_finished() {
             let _ = thread.join();
         } else {
-            log::warn!("a vCPU thread did not stop in time");
+            stuck.push(index);
         }
     }
+    stuck
 }

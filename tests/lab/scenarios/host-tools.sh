@@ -3,7 +3,10 @@
 # minivmm bind; unbind gives it back. Then --managed runs: the device moves to vfio-pci for
 # the run and back to uio_pci_generic afterwards — after a normal end (edu), after SIGTERM
 # (virtio-rng), and after a failed build (edu) — and --managed=group takes the other
-# function of pci-testdev along. lab.part=tools|sigterm|group picks one part: each runs at
+# function of pci-testdev along; faults: a bad rom=, a panic, a seccomp kill and SIGTERM
+# during the build, each still restoring the device; sandbox: the VM process's ids,
+# capabilities and filters, and a sysfs write it cannot make.
+# lab.part=tools|sigterm|group|faults|sandbox picks one part: each runs at
 # most one guest, because L1's kernel has crashed (a stack overflow in a vCPU's KVM_RUN,
 # at the start of the second guest) when one L1 ran several; see docs/ARCHITECTURE.md.
 . /lab/lab.sh
@@ -110,6 +113,57 @@ group)
     --initramfs "$L2_INITRD" --memory 256M --serial none
   driver after-group "$mf0"
   driver after-group "$mf1"
+;;
+faults)
+  # Every way the VM process can end badly still ends with edu back on uio_pci_generic:
+  # the supervising process gives it back. No guest boots here (each fault comes before
+  # the guest's first instruction, and the SIGTERM during the build).
+  echo "not a ROM" > /tmp/bad.rom
+  show managed-bad-rom minivmm --managed --gpu "$edu,rom=/tmp/bad.rom" --kernel "$L2_KERNEL" \
+    --initramfs "$L2_INITRD" --memory 256M --serial none
+  driver after-bad-rom "$edu"
+  show managed-panic env MINIVMM_TEST_FAULT=vcpu-panic minivmm --managed --gpu "$edu" \
+    --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --memory 256M --serial none
+  driver after-panic "$edu"
+  show managed-seccomp env MINIVMM_TEST_FAULT=vcpu-syscall minivmm --managed --gpu "$edu" \
+    --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --memory 256M --serial none
+  driver after-seccomp "$edu"
+  # SIGTERM while the kernel is still loading.
+  minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+    --memory 256M --serial none </dev/null 2>/tmp/vmm.err &
+  pid=$!
+  usleep 300000
+  driver during-build "$edu"
+  kill -TERM $pid
+  wait $pid
+  echo "LAB:RESULT managed-sigterm-build rc=$?"
+  sed 's/^/LAB:OUT managed-sigterm-build /' /tmp/vmm.err
+  driver after-sigterm-build "$edu"
+;;
+sandbox)
+  # The VM process of a --managed run: not root, no capabilities, seccomp filters; it
+  # cannot write sysfs (MINIVMM_TEST_FAULT=write-sysfs tries, once the sandbox is up).
+  echo "LAB:BEGIN managed-sandbox"
+  : > /tmp/l2.log
+  env MINIVMM_TEST_FAULT=write-sysfs minivmm --managed --gpu "$edu" --kernel "$L2_KERNEL" \
+    --initramfs "$L2_INITRD" --cmdline "$L2_CMDLINE l2.devices=id l2.hold=5" --memory 256M \
+    --serial file:/tmp/l2.log </dev/null 2>/tmp/vmm.err &
+  pid=$!
+  wait_for /tmp/l2.log L2:HOLD $pid $(( $(now_ms) + 100000 )) >/dev/null || echo "LAB:NO-HOLD managed-sandbox"
+  # The VM process: the child of minivmm's (field 4 of /proc/PID/stat is the parent).
+  vm=$(for st in /proc/[0-9]*/stat; do
+    read -r p _ _ parent _ < "$st" 2>/dev/null && [ "$parent" = "$pid" ] && echo "$p"
+  done | head -n 1)
+  for who in supervisor:$pid vm:$vm; do
+    grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' "/proc/${who#*:}/status" | tr -s ' \t' ' ' |
+      sed "s/^/LAB:STATUS ${who%%:*} /"
+  done
+  driver during-sandbox "$edu"
+  wait $pid
+  echo "LAB:RESULT managed-sandbox rc=$?"
+  grep "L2:EDU-ID" /tmp/l2.log | head -n 1
+  sed 's/^/LAB:VMM /' /tmp/vmm.err
+  driver after-sandbox "$edu"
 ;;
 esac
 exit $status

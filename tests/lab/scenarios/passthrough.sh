@@ -112,4 +112,21 @@ echo "LAB:RESULT holder rc=$rc"
 [ "$rc" = 143 ] || sed 's/^/LAB:HOLDER /' /tmp/holder.err
 # Released after SIGTERM: the group opens again.
 bad reopen-after-sigterm $run --gpu "$edu" --cmdline "$L2_CMDLINE"
+
+# A whole passthrough run as an ordinary user: /dev/kvm is open to all (above), the
+# group's node is given to uid 1000, and the memlock limit (VFIO locks guest RAM) raised.
+echo "LAB:BEGIN non-root"
+group=$(basename "$(readlink /sys/bus/pci/devices/$edu/iommu_group)")
+chown 1000:1000 "/dev/vfio/$group"
+ulimit -l unlimited
+: > /tmp/user-l2.log
+chmod 666 /tmp/user-l2.log
+timeout -s KILL "$VMM_TIMEOUT" run-as 1000 1000 minivmm --gpu "$edu" --kernel "$L2_KERNEL" \
+  --initramfs "$L2_INITRD" --cmdline "$L2_CMDLINE l2.devices=id" --memory 128M \
+  --serial file:/tmp/user-l2.log </dev/null 2>/tmp/user.err
+rc=$?
+grep -E "L2:EDU-ID|L2:POWEROFF" /tmp/user-l2.log
+sed 's/^/LAB:VMM /' /tmp/user.err
+echo "LAB:RESULT non-root rc=$rc"
+chown 0:0 "/dev/vfio/$group"
 exit $status

@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_four_gib() {
-        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = crate::memory::from_ranges(&[(0, 1 << 20)]).unwrap();
         write_boot_tables(&memory).unwrap();
         let pml4: u64 = memory.read_obj(GuestAddress(layout::PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, layout::PDPTE_START);

@@ -486,7 +486,7 @@ mod tests {
 
     #[test]
     fn command_line_limit_comes_from_the_header() {
-        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = crate::memory::from_ranges(&[(0, 1 << 20)]).unwrap();
         let header = bzimage_result(0).setup_header.unwrap();
         assert_eq!(
             write_cmdline(&memory, "console=ttyS0", Some(&header)).unwrap(),
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn files_that_are_not_kernels_are_named_as_such() {
-        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let memory = crate::memory::from_ranges(&[(0, 4 << 20)]).unwrap();
         let text = temp_file("text", b"hello\n");
         assert!(matches!(
             load_kernel(&memory, &text, &AtomicBool::new(false)),
@@ -585,7 +585,7 @@ mod tests {
 
     #[test]
     fn a_bzimage_without_a_64_bit_entry_is_refused() {
-        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let memory = crate::memory::from_ranges(&[(0, 4 << 20)]).unwrap();
         let path = header_only_bzimage("bz32", 0, 0);
         assert!(matches!(
             load_kernel(&memory, &path, &AtomicBool::new(false)),

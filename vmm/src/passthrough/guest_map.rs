@@ -134,10 +134,12 @@ impl GuestMap {
             ..Default::default()
         };
         // SAFETY: a zero-sized region deletes the slot; no memory is handed to KVM.
-        if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
-            log::warn!("cannot remove memory slot {slot}: {e}");
+        match unsafe { self.vm.set_user_memory_region(region) } {
+            Ok(()) => self.free_slot(slot),
+            // Still in KVM's table: handing it out again would make the next BAR's region
+            // collide with it, so the slot stays taken for the VM's life.
+            Err(e) => log::warn!("cannot remove memory slot {slot}: {e}; it stays in use"),
         }
-        self.free_slot(slot);
     }
 
     fn free_slot(&self, slot: u32) {

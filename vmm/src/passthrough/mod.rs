@@ -171,8 +171,16 @@ pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
     let mut needs = Vec::new();
     for arg in args {
         let GpuSpec::Pci(bdf) = &arg.device else {
+            if arg.rom.is_some() {
+                open::load_rom(arg, "the mediated device", None)?;
+            }
             continue;
         };
+        // A bad image is refused before `--managed` moves or resets the device.
+        if arg.rom.is_some() {
+            let info = crate::host::pci::PciInfo::read(&crate::host::HostRoot::system(), bdf);
+            open::load_rom(arg, bdf, info.map(|i| (i.vendor, i.device)))?;
+        }
         let Some((bars, device_rom)) = host_bars(&sys.join("bus/pci/devices").join(bdf)) else {
             continue;
         };

@@ -80,8 +80,12 @@ pub(super) fn vfio_message(error: &VfioError, device: &str) -> String {
     }
 }
 
-/// The `rom=` image of `arg`, read and validated against the device's IDs.
-fn load_rom(arg: &GpuArg, name: &str, ids: (u16, u16)) -> Result<Option<Arc<[u8]>>, Error> {
+/// The `rom=` image of `arg`, read and validated against the device's IDs (when known).
+pub(super) fn load_rom(
+    arg: &GpuArg,
+    name: &str,
+    ids: Option<(u16, u16)>,
+) -> Result<Option<Arc<[u8]>>, Error> {
     let Some(path) = &arg.rom else {
         return Ok(None);
     };
@@ -89,7 +93,7 @@ fn load_rom(arg: &GpuArg, name: &str, ids: (u16, u16)) -> Result<Option<Arc<[u8]
         .map_err(|e| Error::Rom(format!("cannot read the ROM image {}: {e}", path.display())))?;
     let rom =
         option_rom::parse(&bytes).map_err(|e| Error::Rom(format!("{}: {e}", path.display())))?;
-    if let Some(image_ids) = rom.ids() {
+    if let (Some(image_ids), Some(ids)) = (rom.ids(), ids) {
         if image_ids != ids && !arg.skip_id_check {
             return Err(Error::Rom(format!(
                 "the ROM image {} is for {:04x}:{:04x} but {name} is {:04x}:{:04x}: use the right image, or add romcheck=off to --gpu to use it anyway",
@@ -131,7 +135,7 @@ pub(super) fn open_device(
     let id = config_dword(&vfio, 0);
     let subsystem = config_dword(&vfio, 0x2c);
     let ids = (id as u16, (id >> 16) as u16);
-    let image = load_rom(arg, &name, ids)?;
+    let image = load_rom(arg, &name, Some(ids))?;
     let rom = match (&image, arg.vbios.rom_bar) {
         (_, false) => RomSource::None,
         (Some(image), true) => RomSource::Image(image.clone()),

@@ -4,6 +4,7 @@
 //! INTx become irqfds, so no interrupt passes through minivmm.
 
 use std::collections::BTreeMap;
+use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::gsi::MsiRoute;
+use super::gsi::{GsiRouter, MsiRoute};
 use super::guest_map::GuestMap;
 
 /// The passed-through function as the VMM shares it (PCI root and BAR traps).
@@ -76,7 +77,8 @@ struct Intx {
 
 /// A VFIO device as the passthrough model's host side.
 pub struct VfioFunction {
-    device: Arc<VfioDevice>,
+    /// Taken in `drop` (see there): never used after.
+    device: ManuallyDrop<Arc<VfioDevice>>,
     /// The name used in messages and traces (`0000:01:00.0`, or the mdev UUID).
     name: String,
     map: Arc<GuestMap>,
@@ -102,12 +104,40 @@ impl std::fmt::Debug for VfioFunction {
     }
 }
 
+/// The device file is closed here, and the group and container are left to the kernel.
+///
+/// vfio-ioctls' own clean-up (`VfioDevice`'s drop) detaches the group from KVM and the
+/// container as soon as one device of the group goes, assuming one device per group: with a
+/// GPU and its audio function in one group that fails with EBUSY while the other device is
+/// open, logs errors, and may reopen `/dev/vfio/N` (which the unprivileged VM process cannot
+/// do, and whose failure panics there). Closing every device file and letting the process
+/// exit release the group and container is the kernel's own, ordered teardown.
+impl Drop for VfioFunction {
+    fn drop(&mut self) {
+        // SAFETY: `device` is taken once, here, and `self` is not used after drop.
+        let device = unsafe { ManuallyDrop::take(&mut self.device) };
+        match Arc::try_unwrap(device) {
+            Ok(device) => {
+                let fd = device.as_raw_fd();
+                // The container, groups and region records the device refers to stay
+                // allocated until the process ends; nothing uses them again.
+                std::mem::forget(device);
+                // SAFETY: `fd` is the device file's descriptor, owned by the VfioDevice just
+                // forgotten, so nothing else closes it or uses it again.
+                unsafe { libc::close(fd) };
+            }
+            // Another holder (there is none once attached) drops it the library's way.
+            Err(shared) => drop(shared),
+        }
+    }
+}
+
 impl VfioFunction {
     /// The host side of `device`, before its model exists.
     pub fn new(device: Arc<VfioDevice>, name: String, map: Arc<GuestMap>) -> Self {
         VfioFunction {
             config_size: device.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX),
-            device,
+            device: ManuallyDrop::new(device),
             name,
             map,
             function: Weak::new(),
@@ -347,17 +377,20 @@ impl VfioFunction {
     }
 
     fn msi_on(&mut self, kind: MsiKind, count: usize) -> Result<(), String> {
-        let mut vectors = Vec::with_capacity(count);
+        let mut vectors: Vec<Vector> = Vec::with_capacity(count);
         {
             let mut router = self.map.router();
             for _ in 0..count {
-                let gsi = router.allocate().ok_or("no GSI left")?;
-                let eventfd = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
-                vectors.push(Vector {
-                    eventfd,
-                    gsi,
-                    live: false,
-                });
+                match new_vector(&mut router) {
+                    Ok(vector) => vectors.push(vector),
+                    Err(e) => {
+                        // The GSIs taken so far go back: a failed enable leaks nothing.
+                        for vector in &vectors {
+                            router.release(vector.gsi);
+                        }
+                        return Err(e);
+                    }
+                }
             }
         }
         let fds: Vec<&EventFd> = vectors.iter().map(|v| &v.eventfd).collect();
@@ -547,6 +580,23 @@ impl BusDevice for BarTrap {
                 .bar_write(self.index, offset, data);
         }
         None
+    }
+}
+
+/// A GSI and an eventfd for one MSI vector (the GSI goes back to `router` if the eventfd
+/// cannot be made).
+fn new_vector(router: &mut GsiRouter) -> Result<Vector, String> {
+    let gsi = router.allocate().ok_or("no GSI left")?;
+    match EventFd::new(EFD_NONBLOCK) {
+        Ok(eventfd) => Ok(Vector {
+            eventfd,
+            gsi,
+            live: false,
+        }),
+        Err(e) => {
+            router.release(gsi);
+            Err(format!("eventfd: {e}"))
+        }
     }
 }
 
