@@ -48,16 +48,24 @@ pub fn e820_map(guest: &GuestLayout) -> Vec<E820Entry> {
 pub fn e820_map_reserving(guest: &GuestLayout, reserved: u64) -> Vec<E820Entry> {
     let low_end = guest.low_ram_end();
     let low_ram_end = layout::EBDA_START.min(low_end);
-    let reserved = reserved.next_multiple_of(0x1000);
-    let mut map = if reserved == 0 {
-        vec![E820Entry::ram(layout::LOW_RAM_START, low_ram_end)]
+    // The reservation ends with low RAM: a guest too small for the table still gets a map
+    // of only the RAM it has.
+    let reserved_end = reserved
+        .checked_next_multiple_of(0x1000)
+        .and_then(|r| layout::FIRMWARE_DATA_START.checked_add(r))
+        .map_or(low_ram_end, |end| end.min(low_ram_end));
+    let mut map = if reserved_end > layout::FIRMWARE_DATA_START {
+        let start = layout::FIRMWARE_DATA_START;
+        let mut low = vec![
+            E820Entry::ram(layout::LOW_RAM_START, start),
+            E820Entry::reserved(start, reserved_end - start),
+        ];
+        if low_ram_end > reserved_end {
+            low.push(E820Entry::ram(reserved_end, low_ram_end));
+        }
+        low
     } else {
-        let end = layout::FIRMWARE_DATA_START + reserved;
-        vec![
-            E820Entry::ram(layout::LOW_RAM_START, layout::FIRMWARE_DATA_START),
-            E820Entry::reserved(layout::FIRMWARE_DATA_START, reserved),
-            E820Entry::ram(end, low_ram_end),
-        ]
+        vec![E820Entry::ram(layout::LOW_RAM_START, low_ram_end)]
     };
     map.push(E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE));
     if low_end > layout::HIGH_RAM_START {
@@ -94,6 +102,43 @@ mod tests {
             ]
         );
         assert_eq!(&map[3..], &e820_map(&guest)[1..]);
+    }
+
+    #[test]
+    fn a_guest_smaller_than_the_reservation_gets_only_the_ram_it_has() {
+        // Found by the firmware_tables fuzz target: with less low RAM than the firmware-data
+        // area plus the reservation, the map listed RAM the guest lacks, and the entry after
+        // the reservation underflowed.
+        for pages in [1, 0x2f, 0x30, 0x31, 0x40, 0x41] {
+            let guest = GuestLayout::new(pages << 12, 46).unwrap();
+            let map = e820_map_reserving(&guest, 0x1_0000);
+            for entry in map.iter().filter(|e| e.kind == E820_RAM) {
+                assert!(entry.size > 0, "{pages} pages: {entry:x?}");
+                assert!(
+                    entry.addr + entry.size <= pages << 12,
+                    "{pages} pages: {entry:x?}"
+                );
+            }
+        }
+        let guest = GuestLayout::new(0x3_8000, 46).unwrap();
+        assert_eq!(
+            &e820_map_reserving(&guest, 0x1_0000)[..3],
+            &[
+                E820Entry::ram(0, 0x3_0000),
+                E820Entry::reserved(0x3_0000, 0x8000),
+                E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE),
+            ]
+        );
+        let guest = GuestLayout::new(256 << 20, 46).unwrap();
+        assert_eq!(
+            &e820_map_reserving(&guest, u64::MAX)[..3],
+            &[
+                E820Entry::ram(0, 0x3_0000),
+                E820Entry::reserved(0x3_0000, 0x9_fc00 - 0x3_0000),
+                E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE),
+            ],
+            "a reservation past the end of low RAM ends there"
+        );
     }
 
     #[test]

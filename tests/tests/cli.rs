@@ -411,7 +411,7 @@ fn a_panicking_vcpu_ends_minivmm_with_its_message() {
 
 #[test]
 fn the_guest_runs_without_root_once_built() {
-    // The guest reads its own process's ids through... nothing: the host checks them.
+    // What the running VM process is, from its /proc status while the guest spins.
     let kernel = tiny_kernel("ids", SPIN);
     let child = spawn_with(&kernel, &["--serial", "none"], None);
     std::thread::sleep(Duration::from_millis(700));

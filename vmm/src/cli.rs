@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub use crate::config::ManagedScope;
 use crate::config::{parse_size, SerialMode, VmConfig, DEFAULT_CMDLINE, MAX_MEMORY};
 use crate::passthrough::GpuArg;
 use crate::sandbox::{privileges, Sandbox, SeccompMode};
@@ -89,15 +90,6 @@ pub struct Args {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-}
-
-/// What `--managed` moves to vfio-pci.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ManagedScope {
-    /// The devices named with --gpu.
-    Device,
-    /// Those and every other member of their IOMMU groups on a host driver.
-    Group,
 }
 
 /// A PCI address in the kernel's form, from `0000:01:00.0` or `01:00.0`.

@@ -34,6 +34,15 @@ impl std::str::FromStr for SerialMode {
     }
 }
 
+/// What `--managed` moves to vfio-pci.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManagedScope {
+    /// The devices named with --gpu.
+    Device,
+    /// Those and every other member of their IOMMU groups on a host driver.
+    Group,
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -54,7 +63,7 @@ pub struct VmConfig {
     /// Host devices to pass through.
     pub gpus: Vec<GpuArg>,
     /// Move the devices to vfio-pci for the run (and back afterwards).
-    pub managed: Option<crate::cli::ManagedScope>,
+    pub managed: Option<ManagedScope>,
     /// How the process confines itself once the VM is built.
     pub sandbox: crate::sandbox::Sandbox,
 }

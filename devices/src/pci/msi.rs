@@ -224,18 +224,28 @@ impl MsixCapability {
             && offset < self.pba_offset + self.pba_len()
     }
 
-    /// Read from the table (`offset` relative to the BAR). Reads may be 1, 2, 4 or 8 bytes.
+    /// Read from the table (`offset` relative to the BAR). Reads may be 1, 2, 4 or 8 bytes;
+    /// bytes outside the table read as 0xFF.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.table_byte(offset + i as u64).unwrap_or(0xff);
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| self.table_byte(at))
+                .unwrap_or(0xff);
         }
     }
 
-    /// Write to the table; returns true when a vector changed.
+    /// Write to the table (`offset` relative to the BAR); bytes outside it are dropped.
+    /// Returns true when a vector changed.
     pub fn write_table(&mut self, offset: u64, data: &[u8]) -> bool {
         let mut changed = false;
         for (i, byte) in data.iter().enumerate() {
-            let at = offset + i as u64 - self.table_offset;
+            let Some(at) = offset
+                .checked_add(i as u64)
+                .and_then(|at| at.checked_sub(self.table_offset))
+            else {
+                continue;
+            };
             let entry = (at / MSIX_ENTRY_SIZE) as usize;
             let word = ((at % MSIX_ENTRY_SIZE) / 4) as usize;
             let shift = (at % 4) * 8;
@@ -378,5 +388,28 @@ mod tests {
         // The table size field is not writable.
         shadow.write(0x72, &0xc7ffu16.to_le_bytes());
         assert_eq!(shadow.read_dword(0x70) >> 16 & 0x7ff, 3);
+    }
+
+    #[test]
+    fn msix_accesses_past_either_end_of_the_table_touch_only_the_table() {
+        // Found by the msix_table fuzz target: a write starting before the table
+        // underflowed, and one at the top of the BAR offsets overflowed.
+        let mut msix = MsixCapability::new(0x70, 0x0011, 0x2000, 0x3000);
+        let bytes = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
+        assert!(msix.write_table(0x1ffc, &bytes), "the last 4 bytes land");
+        let mut read = [0u8; 8];
+        msix.read_table(0x1ffc, &mut read);
+        assert_eq!(read, [0xff, 0xff, 0xff, 0xff, 0x55, 0x66, 0x77, 0x88]);
+        assert!(!msix.write_table(u64::MAX - 3, &bytes));
+        msix.read_table(u64::MAX - 3, &mut read);
+        assert_eq!(read, [0xff; 8]);
+        // Past the end of the one-entry table.
+        assert!(!msix.write_table(0x2010, &bytes));
+        msix.read_table(0x200c, &mut read);
+        assert_eq!(
+            read,
+            [1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            "entry 0 still masked"
+        );
     }
 }

@@ -271,16 +271,18 @@ fn requests(slots: &[SlotNeeds]) -> Vec<Request> {
             } else {
                 MEMORY_GRANULE
             };
-            let mut offset = 0;
+            let mut offset: u64 = 0;
             let mut placed = Vec::new();
             for item in &of_kind {
                 placed.push((*item, offset));
-                offset += item.size;
+                // A window past the end of the address space fits nowhere: saturating
+                // makes it a request no allocator can satisfy, which names the largest BAR.
+                offset = offset.saturating_add(item.size);
             }
             let largest = of_kind.first().map_or(granule, |i| i.size);
             requests.push(Request {
                 kind,
-                size: offset.next_multiple_of(granule),
+                size: offset.checked_next_multiple_of(granule).unwrap_or(u64::MAX),
                 align: largest.max(granule),
                 items: placed,
                 window_of: Some(s),
@@ -558,6 +560,28 @@ mod tests {
             error.to_string(),
             "0000:03:00.0: BAR 1 (1 GiB) does not fit in the guest's 32-bit PCI memory window (512 MiB in all) with the other devices' BARs: pass fewer devices"
         );
+    }
+
+    #[test]
+    fn a_window_larger_than_the_address_space_is_refused() {
+        // Found by the passthrough_config fuzz target: BARs behind one port whose sizes add
+        // up past 2^64 overflowed the window size instead of failing to fit.
+        let huge = |index, kind| bar(index, kind, true, 1 << 63);
+        for kind in [BarKind::Io, BarKind::Mem32, BarKind::Mem64] {
+            let slot = SlotNeeds {
+                name: "0000:03:00.0".into(),
+                behind_port: true,
+                functions: vec![FunctionNeeds {
+                    bars: vec![huge(0, kind), huge(2, kind), huge(4, kind)],
+                    rom: 0,
+                }],
+            };
+            let error = assign(&[slot], &root(64)).unwrap_err();
+            assert!(
+                error.to_string().contains("BAR 0 (8388608 TiB)"),
+                "{kind:?}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -418,7 +418,12 @@ pub fn initramfs_address(
             } else {
                 DEFAULT_INITRD_ADDR_MAX
             };
-            (max, kernel.kernel_load.0 + u64::from(h.init_size))
+            // A malformed kernel's entry can sit at the top of the address space (found by
+            // the kernel_loader fuzz target): then nothing fits after it.
+            (
+                max,
+                kernel.kernel_load.0.checked_add(u64::from(h.init_size))?,
+            )
         }
         None => (DEFAULT_INITRD_ADDR_MAX, kernel.kernel_end),
     };
@@ -482,6 +487,15 @@ mod tests {
         // The kernel needs 0x10_0000 + 48 MiB while it decompresses; 32 MiB does not fit.
         assert!(initramfs_address(&guest, &bzimage_result(0x300_0000), 32 << 20).is_none());
         assert!(initramfs_address(&guest, &bzimage_result(0x300_0000), 8 << 20).is_some());
+    }
+
+    #[test]
+    fn a_kernel_entry_at_the_top_of_the_address_space_places_no_initramfs() {
+        // fuzz/regressions/kernel_loader: the sum overflowed (a panic in debug builds).
+        let guest = GuestLayout::new(64 << 20, 46).unwrap();
+        let mut kernel = bzimage_result(0x300_0000);
+        kernel.kernel_load = GuestAddress(0xffff_ffff_ffff_f000);
+        assert!(initramfs_address(&guest, &kernel, 4096).is_none());
     }
 
     #[test]

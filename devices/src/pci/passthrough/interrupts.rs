@@ -1,7 +1,7 @@
 //! MSI and MSI-X of a passed-through function, taken over: the guest's programming lives in
 //! the shadow (MSI) or the model's table (MSI-X), and reaches the VMM as vector routes.
 
-use super::{dword, Error, HostFunction, PassthroughFunction};
+use super::{dword, Error, HostFunction, PassthroughFunction, ROM_INDEX};
 use crate::pci::bar::BarKind;
 use crate::pci::capability::{self, id};
 use crate::pci::msi::{MsiCapability, MsiKind, MsixCapability};
@@ -49,8 +49,12 @@ impl<H: HostFunction> PassthroughFunction<H> {
         offset: u64,
         len: u64,
     ) -> Result<(), Error> {
+        // A memory BAR: BIR 6 and 7 are reserved, so the ROM BAR (index 6 here) is none.
         let fits = self.bars.iter().any(|b| {
-            b.bar.index == index && b.bar.kind != BarKind::Io && offset + len <= b.bar.size
+            b.bar.index == index
+                && index != ROM_INDEX
+                && b.bar.kind != BarKind::Io
+                && offset + len <= b.bar.size
         });
         if fits {
             Ok(())

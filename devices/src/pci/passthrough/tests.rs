@@ -494,6 +494,31 @@ fn an_msix_table_outside_its_bar_is_refused() {
 }
 
 #[test]
+fn an_msix_table_in_the_rom_bar_is_refused() {
+    // Found by the passthrough_config fuzz target: with BIR 6 (reserved) the table was
+    // taken to live in the ROM BAR, where guest writes are dropped, so every vector stayed
+    // masked.
+    let host = nic();
+    put(&mut host.config.lock().unwrap(), 0x74, 0x3006);
+    put(&mut host.config.lock().unwrap(), 0x78, 0x3806);
+    let placement = Placement {
+        bars: vec![(0, 0xc000_0000), (1, 0xc000)],
+        rom: Some(0xc001_0000),
+    };
+    let setup = Setup {
+        placement: &placement,
+        interrupt_line: 16,
+        rom: RomSource::Image(vec![0u8; 64 << 10].into()),
+        multifunction: false,
+        port_link: None,
+    };
+    assert_eq!(
+        PassthroughFunction::new(host, setup).unwrap_err(),
+        Error::MsixOutsideBar("table", 6, 0x3000)
+    );
+}
+
+#[test]
 fn hand_off_turns_on_memory_decoding_and_maps_the_bars_as_firmware_leaves_them() {
     let host = radeon();
     let mut function = build(host.clone(), 16);

@@ -1,0 +1,58 @@
+# lab-needs: qemu
+# The failure-rate count of issue 15: n pairs of 2-vCPU boots of the same L2 kernel and
+# initramfs (256M), QEMU (-accel kvm) and minivmm alternating (QEMU first in odd pairs,
+# minivmm first in even ones), each VMM with its default console (QEMU's COM1, minivmm's
+# console UART). A boot is good when L2 reports 2 CPUs and powers off, and the VMM exits 0,
+# within the time limit. Every bad boot prints the end of its console and the VMM's stderr.
+# lab.n=PAIRS (default 10); lab.mflags=... adds minivmm options (for bisecting).
+. /lab/lab.sh
+n=$(lab_param n 10)
+mflags=$(lab_param mflags "" | tr '+' ' ')
+VMM_TIMEOUT=90
+
+boot() {
+  log=/tmp/ab.console
+  : > "$log"
+  t0=$(now_ms)
+  case $1 in
+  qemu)
+    qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256M -smp 2 -nodefaults \
+      -display none -monitor none -no-reboot -serial "file:$log" \
+      -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$L2_CMDLINE" </dev/null >"$log.err" 2>&1 &
+    ;;
+  minivmm)
+    # shellcheck disable=SC2086
+    minivmm $mflags --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+      --cmdline "$L2_CMDLINE_MINIVMM" --memory 256M --cpus 2 --serial stdio \
+      </dev/null >"$log" 2>"$log.err" &
+    ;;
+  esac
+  pid=$!
+  deadline=$((t0 + VMM_TIMEOUT * 1000))
+  t1=$(wait_for "$log" L2:POWEROFF "$pid" "$deadline") || t1=NA
+  while alive "$pid"; do
+    [ "$(now_ms)" -lt "$deadline" ] || kill -9 "$pid"
+    usleep 50000
+  done
+  wait "$pid"
+  rc=$?
+  nproc=$(sed -n 's/.*L2:NPROC=\([0-9]*\).*/\1/p' "$log" | head -n 1)
+  ok=1
+  [ "$t1" != NA ] && [ "$rc" = 0 ] && [ "$nproc" = 2 ] || ok=0
+  echo "LAB:AB vmm=$1 pair=$2 ok=$ok rc=$rc nproc=${nproc:-NA} ms=$(( ${t1/NA/$(now_ms)} - t0 ))"
+  if [ "$ok" = 0 ]; then
+    tail -n 25 "$log" | sed "s/^/LAB:FAILC $1 $2: /"
+    tail -n 5 "$log.err" | sed "s/^/LAB:FAILE $1 $2: /"
+  fi
+}
+
+for i in $(seq 1 "$n"); do
+  if [ $((i % 2)) = 1 ]; then
+    boot qemu "$i"
+    boot minivmm "$i"
+  else
+    boot minivmm "$i"
+    boot qemu "$i"
+  fi
+done
+echo "LAB:AB-DONE pairs=$n"
