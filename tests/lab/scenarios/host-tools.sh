@@ -160,9 +160,10 @@ sandbox)
   done
   driver during-sandbox "$edu"
   wait $pid
-  echo "LAB:RESULT managed-sandbox rc=$?"
+  rc=$?
   grep "L2:EDU-ID" /tmp/l2.log | head -n 1
   sed 's/^/LAB:VMM /' /tmp/vmm.err
+  echo "LAB:RESULT managed-sandbox rc=$rc"
   driver after-sandbox "$edu"
 ;;
 esac
