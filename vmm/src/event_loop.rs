@@ -180,21 +180,33 @@ pub struct SignalFd(OwnedFd);
 /// mask): they stay pending until a [`SignalFd`] reads them. `--managed` blocks them before
 /// it binds a device, so a signal during the build still ends in the cleanup path.
 pub fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    let set = signal_set(&STOP_SIGNALS);
+    block(&set)?;
+    Ok(set)
+}
+
+/// The set of `signals`.
+pub fn signal_set(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t for these libc calls.
     unsafe {
         libc::sigemptyset(&mut set);
-        for signal in STOP_SIGNALS {
+        for &signal in signals {
             libc::sigaddset(&mut set, signal);
         }
     }
+    set
+}
+
+/// Block `set` in this thread (threads spawned later inherit the mask).
+pub fn block(set: &libc::sigset_t) -> std::io::Result<()> {
     // SAFETY: `set` is initialised; the old mask is not needed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
-    Ok(set)
+    Ok(())
 }
 
 impl SignalFd {

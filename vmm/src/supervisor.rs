@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use crate::event_loop::STOP_SIGNALS;
+use crate::event_loop::{block, signal_set, STOP_SIGNALS};
 
 /// Who this process is after [`fork_vm`].
 #[derive(Debug)]
@@ -65,35 +65,12 @@ fn thread_count() -> Option<usize> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// The stop signals and SIGCHLD, which the caller has blocked (`block_stop_signals`)
-/// before binding: the parent takes them with sigtimedwait.
+/// The stop signals and SIGCHLD: blocked before binding (`block_stop_signals`, then
+/// [`fork_vm`]), taken by the parent with sigtimedwait.
 fn waited_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t for these calls.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for signal in STOP_SIGNALS.iter().chain(&[libc::SIGCHLD]) {
-            libc::sigaddset(&mut set, *signal);
-        }
-    }
-    set
-}
-
-/// Block SIGCHLD too, so its arrival waits for the parent's sigtimedwait.
-fn block_sigchld() -> std::io::Result<()> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is initialised; the old mask is not needed.
-    let rc = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
+    let mut signals = STOP_SIGNALS.to_vec();
+    signals.push(libc::SIGCHLD);
+    signal_set(&signals)
 }
 
 /// Fork the VM process. Must run while this process has one thread (fork copies only the
@@ -108,7 +85,8 @@ pub fn fork_vm() -> Result<Role, String> {
         }
         None => return Err("cannot count this process's threads in /proc/self/status".into()),
     }
-    block_sigchld().map_err(|e| format!("cannot block SIGCHLD: {e}"))?;
+    // SIGCHLD too, so its arrival waits for the parent's sigtimedwait.
+    block(&signal_set(&[libc::SIGCHLD])).map_err(|e| format!("cannot block SIGCHLD: {e}"))?;
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the process is single-threaded (checked above), so the child may run any code.
