@@ -660,7 +660,10 @@ fn radeon_without_a_rom_fails_under_qemu_and_finds_minivmms_vbios() {
                     .markers("L2:RADEON ")
                     .iter()
                     .any(|l| l.contains("Unable to locate a BIOS ROM")),
-            "under QEMU, L2's radeon logs \"Unable to locate a BIOS ROM\"",
+            format!(
+                "under QEMU, L2's radeon logs \"Unable to locate a BIOS ROM\" ({:?})",
+                qemu.markers("L2:RADEON")
+            ),
         )?;
         // Each path alone: with vbios=setup the ROM BAR shows nothing and there is no VFCT,
         // so a BIOS found there came from the SETUP_PCI record (the platform ROM).
