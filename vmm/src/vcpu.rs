@@ -180,6 +180,16 @@ impl VcpuRunner<'_> {
                 effect_outcome(effect, coalesced)
             }
             Ok(VcpuExit::Hlt) => Step::Done(Outcome::Halted),
+            Ok(VcpuExit::Shutdown) if crate::cpu::cpuid::host_is_amd() => {
+                // KVM on SVM reinitialises the VMCB after a SHUTDOWN intercept (the CPU leaves
+                // it undefined), so the registers now read as after RESET (RIP 0xfff0): saying
+                // that RIP would send whoever reads this to the reset vector.
+                Step::Done(Outcome::Failed(format!(
+                    "vCPU {}: shutdown (triple fault); KVM on AMD resets a vCPU's registers at a \
+                     shutdown, so where it faulted is not known",
+                    self.index
+                )))
+            }
             Ok(VcpuExit::Shutdown) => Step::Fault("shutdown (triple fault)".into()),
             Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => Step::Done(Outcome::PowerOff),
             Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => Step::Done(Outcome::Reboot),

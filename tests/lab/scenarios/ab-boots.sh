@@ -4,15 +4,26 @@
 # minivmm first in even ones), each VMM with its default console (QEMU's COM1, minivmm's
 # console UART). A boot is good when L2 reports 2 CPUs and powers off, and the VMM exits 0,
 # within the time limit. Every bad boot prints the end of its console and the VMM's stderr.
-# lab.n=PAIRS (default 10); lab.mflags=... adds minivmm options (for bisecting).
+# lab.n=PAIRS (default 10); lab.mflags=... adds minivmm options (for bisecting); lab.trace=1
+# records L1's KVM trace events during each boot and prints the last of them for a bad boot
+# (what KVM did just before a guest shut down or hung: exits, injected interrupts and
+# exceptions, with the vCPU's address at each exit).
 . /lab/lab.sh
 n=$(lab_param n 10)
 mflags=$(lab_param mflags "" | tr '+' ' ')
+trace=$(lab_param trace 0)
 VMM_TIMEOUT=90
+tracing=/sys/kernel/tracing
+if [ "$trace" = 1 ]; then
+  mount -t tracefs nodev "$tracing" 2>/dev/null
+  echo 512 > "$tracing/buffer_size_kb"
+  echo 1 > "$tracing/events/kvm/enable"
+fi
 
 boot() {
   log=/tmp/ab.console
   : > "$log"
+  [ "$trace" = 1 ] && : > "$tracing/trace"
   t0=$(now_ms)
   case $1 in
   qemu)
@@ -40,9 +51,11 @@ boot() {
   ok=1
   [ "$t1" != NA ] && [ "$rc" = 0 ] && [ "$nproc" = 2 ] || ok=0
   echo "LAB:AB vmm=$1 pair=$2 ok=$ok rc=$rc nproc=${nproc:-NA} ms=$(( ${t1/NA/$(now_ms)} - t0 ))"
+  [ "$trace" = 1 ] && echo "LAB:TRACED vmm=$1 pair=$2 events=$(grep -vc '^#' "$tracing/trace")"
   if [ "$ok" = 0 ]; then
     tail -n 25 "$log" | sed "s/^/LAB:FAILC $1 $2: /"
     tail -n 5 "$log.err" | sed "s/^/LAB:FAILE $1 $2: /"
+    [ "$trace" = 1 ] && tail -n 80 "$tracing/trace" | sed "s/^/LAB:FAILT $1 $2: /"
   fi
 }
 

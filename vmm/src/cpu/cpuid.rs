@@ -54,6 +54,20 @@ pub fn host_address_bits() -> Option<u8> {
     Some((leaf.eax & 0xff) as u8)
 }
 
+/// Whether the host CPU is AMD's (vendor "AuthenticAMD", or Hygon's licensed copy), where KVM
+/// runs guests with SVM.
+pub fn host_is_amd() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU and only reads the vendor string.
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { __cpuid(0) };
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&leaf.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&leaf.ecx.to_le_bytes());
+    &vendor == b"AuthenticAMD" || &vendor == b"HygonGenuine"
+}
+
 /// Bits of APIC id needed to number `cpus` vCPUs (all cores of one package, one thread each).
 fn core_id_bits(cpus: usize) -> u32 {
     usize::BITS - cpus.saturating_sub(1).leading_zeros()
