@@ -280,6 +280,7 @@ pub fn build_function(host: FakeHost, wiring: Wiring) -> Option<PassthroughFunct
         rom: wiring.rom,
         multifunction: wiring.multifunction,
         port_link: wiring.port_link,
+        quirks: true,
     };
     PassthroughFunction::new(host, setup).ok()
 }

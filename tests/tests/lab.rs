@@ -1201,6 +1201,52 @@ fn gpu_machine_checks(run: &LabRun) -> Checked {
         ),
         "no access to the 8 GiB BAR trapped",
     )?;
+    // Resets: the display that shares its bus with its audio function and has no function
+    // reset is reset through the bus (both functions at once); edu on L1's root bus has none.
+    let doctor_reset = |bdf: &str| run.markers(&format!("LAB:RESET-DOCTOR {bdf} "));
+    expect(
+        doctor_reset("0000:02:00.0").iter().any(|l| {
+            l.contains(" ok ") && l.contains("a bus reset through the bridge 0000:00:0a.0")
+        }),
+        format!(
+            "doctor names bochs-display's bus reset: {:?}",
+            doctor_reset("0000:02:00.0")
+        ),
+    )?;
+    expect(
+        doctor_reset("0000:00:01.0")
+            .iter()
+            .any(|l| l.contains(" warn ") && l.contains("none: ")),
+        format!(
+            "doctor warns that edu has no reset: {:?}",
+            doctor_reset("0000:00:01.0")
+        ),
+    )?;
+    expect(
+        doctor_reset("0000:01:00.0")
+            .iter()
+            .any(|l| l.contains(" ok ") && !l.contains("bus reset through")),
+        format!(
+            "doctor names virtio-gpu's own reset: {:?}",
+            doctor_reset("0000:01:00.0")
+        ),
+    )?;
+    let vmm_resets: Vec<&str> = l2
+        .markers("LAB:VMM ")
+        .into_iter()
+        .filter(|l| l.contains("reset"))
+        .collect();
+    expect(
+        vmm_resets.iter().any(|l| {
+            l.contains("0000:02:00.0: reset: a bus reset (VFIO hot reset of 0000:02:00.0, 0000:02:00.1)")
+        }) && vmm_resets
+            .iter()
+            .any(|l| l.contains("0000:01:00.0: reset: ") && !l.contains("bus reset ("))
+            && vmm_resets
+                .iter()
+                .any(|l| l.contains("0000:00:01.0: not reset: ")),
+        format!("minivmm resets bochs-display and its audio through their bus, virtio-gpu alone, not edu: {vmm_resets:?}"),
+    )?;
     // GPU + audio: the audio function on snd_hda_intel next to its display on bochs-drm.
     expect(
         l2.has("L2:DRIVER 0000:01:00.1 snd_hda_intel"),

@@ -74,7 +74,7 @@ pub enum Error {
     #[error(transparent)]
     Passthrough(#[from] passthrough::Error),
     /// vCPU threads that did not stop: the VM was leaked, and the process must end.
-    #[error("vCPU thread(s) {0:?} did not stop within 2 s of the end of the run ({1:?}); ending the process without freeing what they use")]
+    #[error("vCPU thread(s) {stuck:?} did not stop within {grace} s of the end of the run ({finish:?}); ending the process without freeing what they use", stuck = .0, finish = .1, grace = STOP_GRACE.as_secs())]
     VcpusStuck(Vec<usize>, Finish),
 }
 
@@ -412,8 +412,14 @@ fn probe_address_bits() -> u8 {
 }
 
 fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))
+    let mut supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    // KVM emulates the TSC-deadline timer but leaves it out of the supported CPUID.
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        cpuid::offer_tsc_deadline(&mut supported);
+    }
+    Ok(supported)
 }
 
 fn open_kvm() -> Result<Kvm, Error> {

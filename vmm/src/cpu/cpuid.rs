@@ -68,6 +68,20 @@ pub fn host_is_amd() -> bool {
     &vendor == b"AuthenticAMD" || &vendor == b"HygonGenuine"
 }
 
+/// CPUID 1 ECX: the local APIC's TSC-deadline mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Offer the TSC-deadline timer (KVM emulates it when it has KVM_CAP_TSC_DEADLINE_TIMER).
+/// Linux then programs its timer with one MSR write instead of the APIC's initial-count
+/// register (an MMIO access KVM must decode), and skips calibrating the APIC timer.
+pub fn offer_tsc_deadline(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 0x1 {
+            entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
+        }
+    }
+}
+
 /// Bits of APIC id needed to number `cpus` vCPUs (all cores of one package, one thread each).
 fn core_id_bits(cpus: usize) -> u32 {
     usize::BITS - cpus.saturating_sub(1).leading_zeros()
@@ -159,6 +173,21 @@ mod tests {
         assert_eq!(find(&cpuid, 0xb, 1).eax, 2, "two bits number four cores");
         assert_eq!((find(&cpuid, 0xb, 2).ecx >> 8) & 0xff, 0, "end of levels");
         assert_eq!(find(&cpuid, 0x8000_0008, 0).ecx & 0xff, 3);
+    }
+
+    #[test]
+    fn the_tsc_deadline_timer_is_offered_in_leaf_1() {
+        let mut cpuid = supported();
+        assert_eq!(find(&cpuid, 1, 0).ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        offer_tsc_deadline(&mut cpuid);
+        assert_ne!(find(&cpuid, 1, 0).ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        let before = find(&supported(), 1, 0);
+        let after = find(&cpuid, 1, 0);
+        assert_eq!(
+            after.ecx & !LEAF1_ECX_TSC_DEADLINE,
+            before.ecx,
+            "nothing else changes"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod binding;
 pub mod doctor;
 pub mod groups;
 pub mod pci;
+pub mod reset;
 pub mod resources;
 
 use std::os::unix::fs::MetadataExt as _;

@@ -98,7 +98,7 @@ fn link_of(dir: &Path) -> Option<PcieLink> {
 }
 
 /// `DDDD:BB:DD.F`.
-fn is_pci_address(name: &str) -> bool {
+pub(crate) fn is_pci_address(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.len() == 12
         && bytes.get(4) == Some(&b':')

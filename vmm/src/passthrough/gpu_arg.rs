@@ -1,6 +1,6 @@
 //! One `--gpu` value: the device, then options after commas.
 //!
-//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root]`
+//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root][,quirks=off]`
 //! - `rom=FILE`: serve this image as the device's VBIOS instead of the device's own ROM.
 //! - `rombar=off`: show no ROM in the ROM BAR (the image can still go by `vbios=`).
 //! - `vbios=PATHS`: where the guest finds the image, `+`-separated: `rombar` (the PCI ROM
@@ -9,6 +9,8 @@
 //! - `romcheck=off`: use an image whose vendor/device differ from the device's.
 //! - `bus=root`: put the device's guest slot on bus 0, as minivmm did before root ports;
 //!   `bus=port` (the default) puts it behind a PCIe root port of its own.
+//! - `quirks=off`: leave the vendor windows to config space in the BARs to the device
+//!   (research only: the guest can then reach the host's real configuration through them).
 
 use std::path::PathBuf;
 
@@ -47,6 +49,8 @@ pub struct GpuArg {
     pub skip_id_check: bool,
     /// `bus=root`: on bus 0 instead of behind a root port.
     pub on_root_bus: bool,
+    /// The vendor quirks apply (`quirks=off` turns them off).
+    pub quirks: bool,
 }
 
 impl std::str::FromStr for GpuArg {
@@ -61,6 +65,7 @@ impl std::str::FromStr for GpuArg {
             vbios: VbiosPaths::ALL,
             skip_id_check: false,
             on_root_bus: false,
+            quirks: true,
         };
         let mut rom_bar = true;
         let mut vbios = None;
@@ -74,9 +79,11 @@ impl std::str::FromStr for GpuArg {
                 Some(("vbios", paths)) => vbios = Some(parse_paths(paths)?),
                 Some(("bus", "root")) => arg.on_root_bus = true,
                 Some(("bus", "port")) => arg.on_root_bus = false,
+                Some(("quirks", "off")) => arg.quirks = false,
+                Some(("quirks", "on")) => arg.quirks = true,
                 _ => {
                     return Err(format!(
-                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+setup, romcheck=off or bus=root"
+                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+setup, romcheck=off, bus=root or quirks=off"
                     ))
                 }
             }
@@ -158,6 +165,20 @@ mod tests {
         assert!(!arg.on_root_bus);
         let e = "01:00.0,bus=1".parse::<GpuArg>().unwrap_err();
         assert!(e.contains("bus=root"), "{e}");
+    }
+
+    #[test]
+    fn quirks_are_on_unless_turned_off() {
+        assert!("01:00.0".parse::<GpuArg>().unwrap().quirks);
+        assert!(!"01:00.0,quirks=off".parse::<GpuArg>().unwrap().quirks);
+        assert!(
+            "01:00.0,quirks=off,quirks=on"
+                .parse::<GpuArg>()
+                .unwrap()
+                .quirks
+        );
+        let e = "01:00.0,quirks=no".parse::<GpuArg>().unwrap_err();
+        assert!(e.contains("quirks=off"), "{e}");
     }
 
     #[test]

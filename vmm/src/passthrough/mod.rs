@@ -2,7 +2,8 @@
 //!
 //! The order is the design's: check the host ([`host_device`]), arrange the guest's PCI tree
 //! ([`topology`]: a root port per slot unless `bus=root`), open the VFIO container with the
-//! KVM-VFIO device, open and reset each device (its group joins the container), place every
+//! KVM-VFIO device, open each device (its group joins the container), reset them all
+//! ([`reset`]: alone when the kernel can, else through their bus), place every
 //! BAR and window as firmware would ([`resources::assign`]), build each function's model
 //! ([`PassthroughFunction`]) behind its port or on bus 0, wire INTx, hand the functions
 //! over with decoding on (their BARs mapped), and DMA-map all guest RAM. MSI/MSI-X are
@@ -14,6 +15,7 @@ pub mod gsi;
 pub mod guest_map;
 pub mod host_device;
 mod open;
+mod reset;
 pub mod topology;
 pub mod vfio_function;
 
@@ -280,6 +282,18 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
     for (device, arg) in devices.iter().zip(args) {
         opened.push(Some(open_device(device, arg, &container, &map)?));
     }
+    // Every group is open now: reset each device, through its bus where it must be.
+    let to_reset: Vec<reset::ToReset<'_>> = opened
+        .iter()
+        .flatten()
+        .zip(&devices)
+        .map(|(o, device)| reset::ToReset {
+            name: &o.name,
+            device: o.host.device(),
+            bdf: device.bdf(),
+        })
+        .collect();
+    reset::reset_all(&to_reset);
     let needs: Vec<(String, FunctionNeeds)> = opened
         .iter()
         .flatten()
@@ -394,6 +408,7 @@ fn build_function(
         vfct,
         setup,
         pin,
+        quirks,
         ..
     } = device;
     let gsi = slot.intx_gsi(pin);
@@ -403,6 +418,7 @@ fn build_function(
         rom,
         multifunction: slot.multifunction(),
         port_link,
+        quirks,
     };
     let function =
         PassthroughFunction::new(host, view).map_err(|e| Error::Model(name.clone(), e))?;

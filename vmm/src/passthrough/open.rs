@@ -1,5 +1,5 @@
 //! Opening devices through VFIO: the container with the KVM-VFIO device, each device (its
-//! group joins the container, it is reset when it can be), its `rom=` image, and what its
+//! group joins the container; [`super::reset`] resets them once all are open), its `rom=` image, and what its
 //! model needs placed; failures become one line with what to do.
 
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub(super) struct Opened {
     /// `vbios=`: the image goes in the VFCT table, in a SETUP_PCI record.
     pub(super) vfct: bool,
     pub(super) setup: bool,
+    /// `quirks=`: the vendor quirks apply.
+    pub(super) quirks: bool,
     /// Its INTx pin (0: none).
     pub(super) pin: u8,
     pub(super) needs: FunctionNeeds,
@@ -119,7 +121,7 @@ fn config_dword(vfio: &VfioDevice, offset: u64) -> u32 {
     u32::from_le_bytes(data)
 }
 
-/// Open `device` through VFIO, reset it when it can be, and read what its model needs.
+/// Open `device` through VFIO and read what its model needs.
 pub(super) fn open_device(
     device: &HostDevice,
     arg: &GpuArg,
@@ -129,8 +131,7 @@ pub(super) fn open_device(
     let name = name_of(device);
     let vfio = VfioDevice::new(&device.sysfs, container.clone(), false)
         .map_err(|e| Error::Vfio(vfio_message(&e, &name)))?;
-    // Start from a known state when the device can be reset.
-    vfio.reset();
+    // Reset later, once every device is open (a bus reset needs all their groups).
     let vfio = Arc::new(vfio);
     let id = config_dword(&vfio, 0);
     let subsystem = config_dword(&vfio, 0x2c);
@@ -152,6 +153,7 @@ pub(super) fn open_device(
         rom,
         image,
         vfct: arg.vbios.vfct,
+        quirks: arg.quirks,
         setup: arg.vbios.setup,
         pin,
         needs,

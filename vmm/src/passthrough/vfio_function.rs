@@ -165,7 +165,12 @@ impl VfioFunction {
         self.function = Arc::downgrade(function);
     }
 
-    /// The function's name in messages.
+    /// The VFIO device (for resets).
+    pub fn device(&self) -> &VfioDevice {
+        &self.device
+    }
+
+    /// The name used in messages and traces.
     pub fn name(&self) -> &str {
         &self.name
     }

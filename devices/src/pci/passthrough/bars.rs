@@ -4,12 +4,14 @@
 
 use std::ops::Range;
 
+use super::quirks::{self, Route};
 use super::{
     dword, Error, HostFunction, PassthroughFunction, PlacedBar, RomSource, COMMAND_IO,
     COMMAND_MEMORY, ROM_INDEX,
 };
 use crate::pci::bar::{self, Bar, BarKind, BAR0, BAR_COUNT};
 use crate::pci::resources::{FunctionNeeds, Placement};
+use crate::pci::PciFunction as _;
 use minivmm_firmware::option_rom;
 
 /// Expansion ROM BAR of a type-0 header.
@@ -104,32 +106,49 @@ impl<H: HostFunction> PassthroughFunction<H> {
     }
 
     /// The BAR-relative ranges of BAR `index` that must trap: the pages holding the
-    /// MSI-X table and PBA.
+    /// MSI-X table and PBA, and those of the vendor windows to config space ([`quirks`]).
     pub fn traps(&self, index: u8) -> Vec<Range<u64>> {
-        let Some(msix) = &self.msix else {
-            return Vec::new();
-        };
-        let mut traps: Vec<Range<u64>> = Vec::new();
-        let areas = [
-            (msix.table_bar, msix.table_offset, msix.table_len()),
-            (msix.pba_bar, msix.pba_offset, msix.pba_len()),
-        ];
-        for (bar, offset, len) in areas {
-            if bar != index {
-                continue;
-            }
-            let start = offset / PAGE_SIZE * PAGE_SIZE;
-            let end = (offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-            match traps.last_mut() {
-                Some(last) if start <= last.end && end >= last.start => {
-                    last.start = last.start.min(start);
-                    last.end = last.end.max(end);
+        let mut pages: Vec<Range<u64>> = quirks::traps(&self.quirks, index);
+        if let Some(msix) = &self.msix {
+            let areas = [
+                (msix.table_bar, msix.table_offset, msix.table_len()),
+                (msix.pba_bar, msix.pba_offset, msix.pba_len()),
+            ];
+            for (bar, offset, len) in areas {
+                if bar == index {
+                    let start = offset / PAGE_SIZE * PAGE_SIZE;
+                    pages.push(start..(offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE);
                 }
-                _ => traps.push(start..end),
             }
         }
-        traps.sort_by_key(|r| r.start);
+        pages.sort_by_key(|r| r.start);
+        let mut traps: Vec<Range<u64>> = Vec::new();
+        for range in pages {
+            match traps.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => traps.push(range),
+            }
+        }
         traps
+    }
+
+    /// A vendor window's access to configuration space, in pieces that stay within a dword.
+    fn config_span(&mut self, offset: u16, data: &mut [u8], write: bool) {
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset.saturating_add(done as u16);
+            let room = 4 - usize::from(at % 4);
+            let end = data.len().min(done + room);
+            let Some(piece) = data.get_mut(done..end) else {
+                return;
+            };
+            if write {
+                self.config_write(at, piece);
+            } else {
+                self.config_read(at, piece);
+            }
+            done = end;
+        }
     }
 
     /// A trapped read of BAR `index` at `offset`: the MSI-X table is the model's, the rest
@@ -150,6 +169,10 @@ impl<H: HostFunction> PassthroughFunction<H> {
             }
             return;
         }
+        if let Route::Config(at) = quirks::route_read(&self.quirks, index, offset, data.len()) {
+            self.config_span(at, data, false);
+            return;
+        }
         match &self.msix {
             Some(msix) if msix.in_table(index, offset) => msix.read_table(offset, data),
             _ => self.host.region_read(index, offset, data),
@@ -160,6 +183,19 @@ impl<H: HostFunction> PassthroughFunction<H> {
     pub fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
         if index == ROM_INDEX {
             return; // a ROM ignores writes
+        }
+        let msi = self.msi.as_ref().map(|m| m.offset);
+        match quirks::route_write(&mut self.quirks, index, offset, data, msi) {
+            Route::Device => {}
+            Route::Config(at) => {
+                self.config_span(at, &mut data.to_vec(), true);
+                return;
+            }
+            Route::ConfigAndDevice(at) => {
+                self.config_span(at, &mut data.to_vec(), true);
+                self.host.region_write(index, offset, data);
+                return;
+            }
         }
         match &mut self.msix {
             Some(msix) if msix.in_table(index, offset) => {

@@ -10,11 +10,13 @@
 //!
 //! The parts: this file routes configuration accesses between the shadow and the host;
 //! [`bars`] places, maps and serves the BARs and the ROM; [`interrupts`] takes over MSI and
-//! MSI-X; [`express`] shows the PCI Express link of a function behind a root port.
+//! MSI-X; [`express`] shows the PCI Express link of a function behind a root port;
+//! [`quirks`] sends the vendor windows to configuration space in a GPU's BARs through it.
 
 mod bars;
 mod express;
 mod interrupts;
+pub mod quirks;
 #[cfg(test)]
 mod tests;
 
@@ -99,6 +101,8 @@ pub struct Setup<'a> {
     pub multifunction: bool,
     /// The link of the root port it sits behind (`None`: on bus 0).
     pub port_link: Option<PcieLink>,
+    /// Apply the vendor quirks ([`quirks`]); off only for research (`quirks=off`).
+    pub quirks: bool,
 }
 
 /// A BAR and where the guest has it.
@@ -128,6 +132,8 @@ pub struct PassthroughFunction<H: HostFunction> {
     /// The vectors last routed, to route again only on a change.
     msi_routed: Option<Vec<MsiVector>>,
     msix_routed: Option<Vec<MsiVector>>,
+    /// Windows to configuration space in its BARs.
+    quirks: Vec<quirks::Quirk>,
 }
 
 impl<H: HostFunction> std::fmt::Debug for PassthroughFunction<H> {
@@ -172,8 +178,17 @@ impl<H: HostFunction> PassthroughFunction<H> {
             rom: RomSource::None,
             msi_routed: None,
             msix_routed: None,
+            quirks: Vec::new(),
         };
         function.virtualize_bars(&config, setup.placement)?;
+        if setup.quirks {
+            let vendor = u16::from_le_bytes([
+                config.first().copied().unwrap_or(0),
+                config.get(1).copied().unwrap_or(0),
+            ]);
+            let class = config.get(0x0b).copied().unwrap_or(0);
+            function.quirks = quirks::for_function(vendor, class, &function.bars);
+        }
         function.virtualize_rom(setup.rom, setup.placement);
         let interrupt = dword(&config, usize::from(reg::INTERRUPT));
         let pin = interrupt & 0xff00;
@@ -232,6 +247,11 @@ impl<H: HostFunction> PassthroughFunction<H> {
     /// The host side, mutably (the VMM finishes wiring it after the model is built).
     pub fn host_mut(&mut self) -> &mut H {
         &mut self.host
+    }
+
+    /// The vendor quirks in force.
+    pub fn quirks(&self) -> &[quirks::Quirk] {
+        &self.quirks
     }
 
     /// True when the function has an interrupt pin (INTx).

@@ -30,6 +30,9 @@ struct FakeHost {
     refuse: Option<u64>,
     /// Size of the device's own ROM region.
     rom_size: u64,
+    /// A window in a BAR that mirrors the host's configuration space, as NVIDIA's and
+    /// AMD's do: (BAR, offset, size).
+    mirror: Option<(u8, u64, u64)>,
 }
 
 impl HostFunction for FakeHost {
@@ -52,6 +55,14 @@ impl HostFunction for FakeHost {
         self.sizes[usize::from(index)]
     }
     fn region_read(&self, index: u8, offset: u64, data: &mut [u8]) {
+        if let Some((bar, start, size)) = self.mirror {
+            if bar == index && offset >= start && offset < start + size {
+                let config = self.config.lock().unwrap();
+                let at = (offset - start) as usize;
+                data.copy_from_slice(&config[at..at + data.len()]);
+                return;
+            }
+        }
         data.fill(index.wrapping_add(offset as u8));
     }
     fn region_write(&self, index: u8, offset: u64, data: &[u8]) {
@@ -107,6 +118,7 @@ fn host(config: Vec<u8>, sizes: [u64; 6]) -> FakeHost {
         seen: Arc::default(),
         refuse: None,
         rom_size: 0,
+        mirror: None,
     }
 }
 
@@ -161,6 +173,17 @@ fn build_with(
     multifunction: bool,
     port_link: Option<PcieLink>,
 ) -> PassthroughFunction<FakeHost> {
+    build_full(host, line, rom, multifunction, port_link, true)
+}
+
+fn build_full(
+    host: FakeHost,
+    line: u8,
+    rom: RomSource,
+    multifunction: bool,
+    port_link: Option<PcieLink>,
+    quirks: bool,
+) -> PassthroughFunction<FakeHost> {
     let slot = SlotNeeds {
         name: "fake".into(),
         behind_port: port_link.is_some(),
@@ -181,6 +204,7 @@ fn build_with(
             rom,
             multifunction,
             port_link,
+            quirks,
         },
     )
     .unwrap()
@@ -486,6 +510,7 @@ fn an_msix_table_outside_its_bar_is_refused() {
         rom,
         multifunction: false,
         port_link: None,
+        quirks: true,
     };
     assert_eq!(
         PassthroughFunction::new(host, setup).unwrap_err(),
@@ -511,6 +536,7 @@ fn an_msix_table_in_the_rom_bar_is_refused() {
         rom: RomSource::Image(vec![0u8; 64 << 10].into()),
         multifunction: false,
         port_link: None,
+        quirks: true,
     };
     assert_eq!(
         PassthroughFunction::new(host, setup).unwrap_err(),
@@ -652,4 +678,154 @@ fn needs_lists_the_bars_and_the_rom_the_guest_will_see() {
         128 << 10
     );
     let _ = BAR0;
+}
+
+/// An NVIDIA display controller (10de:1c82, class 0300): 16 MiB BAR 0 whose 0x88000 and
+/// 0x1800 windows mirror config space, 64-bit prefetchable BAR 1, I/O BAR 5 (the window
+/// to BAR 0), MSI at 0x68.
+fn geforce() -> FakeHost {
+    let mut config = vec![0u8; CONFIG_BYTES];
+    put(&mut config, 0x00, 0x1c82_10de);
+    put(&mut config, 0x04, 0x0010_0000);
+    put(&mut config, 0x08, 0x0300_00a1);
+    put(&mut config, 0x10, 0xf600_0000);
+    put(&mut config, 0x14, 0xe000_000c);
+    put(&mut config, 0x24, 0x0000_e001);
+    put(&mut config, 0x34, 0x68);
+    put(&mut config, 0x68, 0x0080_0005); // MSI, 64-bit, end of list
+    let mut host = host(config, [16 << 20, 256 << 20, 0, 0, 0, 128]);
+    host.mirror = Some((0, 0x88000, 0x1000));
+    host
+}
+
+/// An AMD display controller (1002:6798, class 0300): 64-bit BAR 0 and BAR 2 (config
+/// mirror at 0x4000), I/O BAR 4 (the window to BAR 2).
+fn tahiti() -> FakeHost {
+    let mut config = vec![0u8; CONFIG_BYTES];
+    put(&mut config, 0x00, 0x6798_1002);
+    put(&mut config, 0x04, 0x0010_0000);
+    put(&mut config, 0x08, 0x0300_0000);
+    put(&mut config, 0x10, 0xe000_000c);
+    put(&mut config, 0x18, 0xf7e0_0004);
+    put(&mut config, 0x20, 0x0000_e001);
+    let mut host = host(config, [256 << 20, 0, 256 << 10, 0, 256, 0]);
+    host.mirror = Some((2, 0x4000, 0x1000));
+    host
+}
+
+fn bar_read32(function: &mut PassthroughFunction<FakeHost>, bar: u8, offset: u64) -> u32 {
+    let mut data = [0u8; 4];
+    function.bar_read(bar, offset, &mut data);
+    u32::from_le_bytes(data)
+}
+
+#[test]
+fn nvidia_bar0_mirrors_are_answered_by_the_model_and_trap_only_their_pages() {
+    let host = geforce();
+    let mut function = build(host.clone(), 16);
+    assert_eq!(
+        function.traps(0),
+        vec![0x1000..0x2000, 0x88000..0x89000],
+        "the pages of both mirrors trap, nothing else"
+    );
+    // Through the mirror the guest sees its own BAR 0, not the host's 0xf6000000.
+    let guest_bar0 = read32(&mut function, 0x10);
+    assert_ne!(guest_bar0, 0xf600_0000);
+    assert_eq!(bar_read32(&mut function, 0, 0x88010), guest_bar0);
+    assert_eq!(bar_read32(&mut function, 0, 0x1810), guest_bar0);
+    // The identity is still the device's.
+    assert_eq!(bar_read32(&mut function, 0, 0x88000), 0x1c82_10de);
+    // A BAR written through the mirror moves the model's BAR, and never reaches the device.
+    function.bar_write(0, 0x88014, &0xd000_000cu32.to_le_bytes());
+    assert_eq!(read32(&mut function, 0x14), 0xd000_000c);
+    assert!(host.seen.lock().unwrap().region_writes.is_empty());
+    assert!(!host
+        .seen
+        .lock()
+        .unwrap()
+        .config_writes
+        .iter()
+        .any(|(offset, _)| *offset == 0x14));
+    // The rest of the trapped page below 0x1800 is the device's.
+    assert_eq!(bar_read32(&mut function, 0, 0x1000), 0x0000_0000);
+}
+
+#[test]
+fn nvidia_msi_acknowledge_through_the_mirror_also_reaches_the_device() {
+    let host = geforce();
+    let mut function = build(host.clone(), 16);
+    function.bar_write(0, 0x88068, &[0xff]);
+    assert_eq!(
+        host.seen.lock().unwrap().region_writes,
+        vec![(0, 0x88068, vec![0xff])],
+        "the MSI ID byte write goes to the device"
+    );
+    // A write to the MSI address goes to the model only.
+    function.bar_write(0, 0x8806c, &0xfee0_0000u32.to_le_bytes());
+    assert_eq!(host.seen.lock().unwrap().region_writes.len(), 1);
+}
+
+#[test]
+fn the_nvidia_bar5_window_reaches_config_space_only_when_set_up() {
+    let host = geforce();
+    let mut function = build(host.clone(), 16);
+    let guest_bar0 = read32(&mut function, 0x10);
+    // Not enabled: the data register is the device's.
+    function.bar_write(5, 0x8, &0x88010u32.to_le_bytes());
+    assert_eq!(bar_read32(&mut function, 5, 0xc), 0x1111_1111);
+    // Master, enable, then the address of BAR 0's register in the 0x88000 mirror.
+    function.bar_write(5, 0x0, &1u32.to_le_bytes());
+    function.bar_write(5, 0x4, &1u32.to_le_bytes());
+    function.bar_write(5, 0x8, &0x88010u32.to_le_bytes());
+    assert_eq!(bar_read32(&mut function, 5, 0xc), guest_bar0);
+    // The 256-byte mirror at 0x1800 too.
+    function.bar_write(5, 0x8, &0x1800u32.to_le_bytes());
+    assert_eq!(bar_read32(&mut function, 5, 0xc), 0x1c82_10de);
+    // An address elsewhere in BAR 0: the device again.
+    function.bar_write(5, 0x8, &0x2000u32.to_le_bytes());
+    assert_eq!(bar_read32(&mut function, 5, 0xc), 0x1111_1111);
+    // Every window register write reached the device (it keeps its own state).
+    assert_eq!(host.seen.lock().unwrap().region_writes.len(), 6);
+}
+
+#[test]
+fn amd_bar2_mirror_and_bar4_window_are_answered_by_the_model() {
+    let host = tahiti();
+    let mut function = build(host.clone(), 16);
+    assert_eq!(function.traps(2), vec![0x4000..0x5000]);
+    assert!(function.traps(0).is_empty());
+    let guest_bar2 = read32(&mut function, 0x18);
+    assert_ne!(guest_bar2, 0xf7e0_0004);
+    assert_eq!(bar_read32(&mut function, 2, 0x4018), guest_bar2);
+    // BAR 4: the address register selects the mirror, the data register reads it.
+    function.bar_write(4, 0x0, &0x4018u32.to_le_bytes());
+    assert_eq!(bar_read32(&mut function, 4, 0x4), guest_bar2);
+    function.bar_write(4, 0x0, &0x5018u32.to_le_bytes());
+    assert_eq!(
+        bar_read32(&mut function, 4, 0x4),
+        0x0808_0808,
+        "the device's"
+    );
+}
+
+#[test]
+fn with_quirks_off_the_mirror_shows_the_host() {
+    let host = geforce();
+    let mut function = build_full(host.clone(), 16, RomSource::None, false, None, false);
+    assert!(function.traps(0).is_empty());
+    assert!(function.quirks().is_empty());
+    assert_eq!(bar_read32(&mut function, 0, 0x88010), 0xf600_0000);
+}
+
+#[test]
+fn other_functions_get_no_quirks() {
+    // A NIC from NVIDIA's vendor ID but not a display controller.
+    let mut config = geforce().config.lock().unwrap().clone();
+    put(&mut config, 0x08, 0x0200_0000);
+    let function = build(host(config, [16 << 20, 256 << 20, 0, 0, 0, 128]), 16);
+    assert!(function.quirks().is_empty());
+    assert!(
+        build(radeon(), 16).quirks().is_empty(),
+        "no 64-bit BAR 2, no I/O BAR 4"
+    );
 }

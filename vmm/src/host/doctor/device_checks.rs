@@ -11,7 +11,7 @@ use minivmm_firmware::option_rom;
 use super::host_checks::{node_access, with_fix};
 use super::{Check, Host, Status};
 use crate::host::pci::{blocking_members, driver, group_members, PciInfo, RomReadError, VFIO_PCI};
-use crate::host::read_trimmed;
+use crate::host::reset::{self, ResetPlan};
 use crate::host::resources::host_bars;
 use crate::passthrough::root_windows;
 
@@ -142,23 +142,39 @@ fn check_group_node(host: &Host, info: &PciInfo, group: u32) -> Check {
 }
 
 fn check_reset(host: &Host, info: &PciInfo) -> Check {
-    let dir = host.root.pci_device(&info.bdf);
-    if !dir.join("reset").exists() {
-        return device_check(
+    let plan = reset::plan(host.root, &info.bdf);
+    let detail = plan.describe();
+    match &plan {
+        ResetPlan::Function(_) => device_check(info, "reset", Status::Ok, detail),
+        ResetPlan::Bus { affected, .. } => {
+            // VFIO resets the bus only for a process that holds every function on it.
+            let outside: Vec<&String> = affected
+                .iter()
+                .filter(|other| {
+                    **other != info.bdf
+                        && PciInfo::read(host.root, other).and_then(|o| o.group) != info.group
+                })
+                .collect();
+            if outside.is_empty() {
+                device_check(info, "reset", Status::Ok, detail)
+            } else {
+                let list: Vec<&str> = outside.iter().map(|s| s.as_str()).collect();
+                with_fix(
+                    device_check(info, "reset", Status::Warn, detail),
+                    format!(
+                        "pass {} with --gpu too: a bus reset needs minivmm to hold every function on the bus",
+                        list.join(", ")
+                    ),
+                )
+            }
+        }
+        ResetPlan::None(_) => device_check(
             info,
             "reset",
             Status::Warn,
-            "the kernel knows no way to reset it: it keeps its state from one run to the next"
-                .into(),
-        );
+            format!("{detail}; it keeps its state from one run to the next"),
+        ),
     }
-    let methods = read_trimmed(&dir.join("reset_method")).unwrap_or_default();
-    let detail = if methods.is_empty() {
-        "supported".to_string()
-    } else {
-        format!("supported ({methods})")
-    };
-    device_check(info, "reset", Status::Ok, detail)
 }
 
 fn check_vbios(host: &Host, info: &PciInfo) -> Check {

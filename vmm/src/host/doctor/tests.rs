@@ -107,7 +107,7 @@ fn the_happy_path_is_ready() {
         .contains("CAP_IPC_LOCK"));
     assert_eq!(
         item(&report, "0000:01:00.0", "reset").detail,
-        "supported (flr bus)"
+        "FLR (function-level reset); the kernel falls back to bus"
     );
     assert_eq!(
         item(&report, "host", "address width").detail,
@@ -410,4 +410,59 @@ fn an_unknown_address_width_is_a_warning() {
     assert_eq!(item(&report, "host", "address width").status, Status::Warn);
     assert_eq!(item(&report, "0000:01:00.0", "BARs").status, Status::Warn);
     assert!(report.ready());
+}
+
+#[test]
+fn a_bus_reset_that_would_reset_a_function_of_another_group_is_a_warning() {
+    let host = ready_host();
+    let port = "sys/devices/pci0000:00/0000:00:03.1";
+    let gpu = FakePci {
+        bdf: "0000:05:00.0",
+        ids: (0x1002, 0x73bf),
+        class: 0x030000,
+        group: Some(20),
+        driver: Some("vfio-pci"),
+    };
+    host.pci_at(port, gpu).node("dev/vfio/20", 0o600, 0, 0);
+    host.pci_at(
+        port,
+        FakePci {
+            bdf: "0000:05:00.1",
+            class: 0x040300,
+            ..gpu
+        },
+    );
+    let report = run_on(&host, &["0000:05:00.0"], 1 << 30);
+    let reset = item(&report, "0000:05:00.0", "reset");
+    assert_eq!(reset.status, Status::Ok, "one group: minivmm holds both");
+    assert!(
+        reset
+            .detail
+            .contains("bus reset through the bridge 0000:00:03.1"),
+        "{}",
+        reset.detail
+    );
+    // The audio function in a group of its own: the reset needs it passed too.
+    let host = ready_host();
+    host.pci_at(port, gpu).node("dev/vfio/20", 0o600, 0, 0);
+    host.pci_at(
+        port,
+        FakePci {
+            bdf: "0000:05:00.1",
+            class: 0x040300,
+            group: Some(21),
+            ..gpu
+        },
+    );
+    let report = run_on(&host, &["0000:05:00.0"], 1 << 30);
+    let reset = item(&report, "0000:05:00.0", "reset");
+    assert_eq!(reset.status, Status::Warn, "{}", reset.detail);
+    assert!(
+        reset
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("pass 0000:05:00.1 with --gpu")),
+        "{:?}",
+        reset.fix
+    );
 }
