@@ -13,6 +13,12 @@ pub const PORT_COUNT: u64 = 8;
 const IER: u64 = 1;
 /// Line control register offset.
 const LCR: u64 = 3;
+/// Interrupt identification register offset (reads).
+const IIR: u64 = 2;
+/// Modem control register offset.
+const MCR: u64 = 4;
+/// Scratch register offset.
+const SCR: u64 = 7;
 /// LCR bit: divisor latch access (offsets 0 and 1 are then the divisor).
 const LCR_DLAB: u8 = 0x80;
 /// IER bit: transmit holding register empty interrupt.
@@ -72,6 +78,37 @@ impl SerialPort {
             log::debug!("serial input not taken: {e:?}");
             0
         })
+    }
+
+    /// Back to the registers of a UART at power-on (a machine reset): divisor, line and
+    /// modem control, interrupt enables and scratch as vm-superio starts them, and nothing
+    /// left to receive. Returns the transmit mode the reset leaves (polled: no interrupt).
+    pub fn reset(&mut self) -> Effect {
+        let initial = vm_superio::serial::SerialState::default();
+        let writes = [
+            (LCR, LCR_DLAB),
+            (0, initial.baud_divisor_low),
+            (IER, initial.baud_divisor_high),
+            (LCR, initial.line_control),
+            (IER, initial.interrupt_enable),
+            (MCR, initial.modem_control),
+            (SCR, initial.scratch),
+        ];
+        for (offset, value) in writes {
+            if let Err(e) = self.uart.write(offset as u8, value) {
+                log::debug!("serial reset write at {offset} failed: {e:?}");
+            }
+        }
+        self.lcr = initial.line_control;
+        // Reading the receive buffer takes one byte at a time; reading the IIR clears a
+        // transmit interrupt still pending from before.
+        for _ in 0..self.uart.state().in_buffer.len() {
+            self.uart.read(0);
+        }
+        self.uart.read(IIR as u8);
+        let polled = initial.interrupt_enable & IER_THRI == 0;
+        self.tx_polled = Some(polled);
+        Effect::SerialTxPolled(polled)
     }
 
     /// Room left in the receive FIFO.
@@ -241,5 +278,32 @@ mod tests {
         let mut rbr = [0u8];
         port.read(0, &mut rbr);
         assert_eq!(rbr, *b"x");
+    }
+
+    #[test]
+    fn a_reset_leaves_the_uart_as_at_power_on() {
+        let (mut fresh, _capture, _irq) = port();
+        let power_on = read_all(&mut fresh);
+        let (mut port, _capture, _irq) = port();
+        port.write(LCR, &[0x83]);
+        port.write(0, &[0x01]); // divisor 115200
+        port.write(LCR, &[0x03]);
+        port.write(IER, &[0x03]);
+        port.write(4, &[0x1b]);
+        port.write(7, &[0x5a]);
+        port.enqueue_input(b"left over");
+        assert_eq!(port.reset(), Effect::SerialTxPolled(true));
+        assert_eq!(read_all(&mut port), power_on);
+        assert!(
+            port.read_view().is_some(),
+            "quiet: nothing to receive, no interrupt"
+        );
+        port.write(LCR, &[0x80]);
+        let mut divisor = [0u8];
+        port.read(0, &mut divisor);
+        fresh.write(LCR, &[0x80]);
+        let mut fresh_divisor = [0u8];
+        fresh.read(0, &mut fresh_divisor);
+        assert_eq!(divisor, fresh_divisor, "the power-on divisor");
     }
 }

@@ -67,7 +67,11 @@ pub fn e820_map_reserving(guest: &GuestLayout, reserved: u64) -> Vec<E820Entry> 
     } else {
         vec![E820Entry::ram(layout::LOW_RAM_START, low_ram_end)]
     };
-    map.push(E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE));
+    // The ACPI tables and the reset vector's stub: the rest of the first MiB.
+    map.push(E820Entry::reserved(
+        layout::ACPI_START,
+        layout::HIGH_RAM_START - layout::ACPI_START,
+    ));
     if low_end > layout::HIGH_RAM_START {
         map.push(E820Entry::ram(layout::HIGH_RAM_START, low_end));
     }
@@ -126,7 +130,10 @@ mod tests {
             &[
                 E820Entry::ram(0, 0x3_0000),
                 E820Entry::reserved(0x3_0000, 0x8000),
-                E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE),
+                E820Entry::reserved(
+                    layout::ACPI_START,
+                    layout::HIGH_RAM_START - layout::ACPI_START
+                ),
             ]
         );
         let guest = GuestLayout::new(256 << 20, 46).unwrap();
@@ -135,7 +142,10 @@ mod tests {
             &[
                 E820Entry::ram(0, 0x3_0000),
                 E820Entry::reserved(0x3_0000, 0x9_fc00 - 0x3_0000),
-                E820Entry::reserved(layout::ACPI_START, layout::ACPI_SIZE),
+                E820Entry::reserved(
+                    layout::ACPI_START,
+                    layout::HIGH_RAM_START - layout::ACPI_START
+                ),
             ],
             "a reservation past the end of low RAM ends there"
         );

@@ -55,8 +55,11 @@ pub const ACPI_START: u64 = 0xe_0000;
 pub const FIRMWARE_DATA_START: u64 = 0x3_0000;
 /// End of the firmware-data area (below the EBDA).
 pub const FIRMWARE_DATA_END: u64 = 0x9_f000;
-/// Size of the ACPI area (to the end of the first MiB).
-pub const ACPI_SIZE: u64 = 0x2_0000;
+/// Real mode's reset vector, F000:FFF0: Linux jumps there to reboot through the BIOS, and
+/// finds [`crate::reset_stub`]. The last 16 bytes of the first MiB.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+/// Size of the ACPI area (up to the reset vector).
+pub const ACPI_SIZE: u64 = RESET_VECTOR - ACPI_START;
 
 /// Start of the 32-bit hole: RAM below 4 GiB ends here when the guest is larger.
 pub const MEM_32BIT_HOLE_START: u64 = 0xc000_0000;

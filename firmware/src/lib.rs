@@ -14,4 +14,5 @@ pub mod e820;
 pub mod layout;
 pub mod le;
 pub mod option_rom;
+pub mod reset_stub;
 pub mod setup_data;

@@ -339,7 +339,8 @@ fn check_load(input: &Input, roms: &[Vec<u8>]) {
     const RAM: u64 = 16 << 20;
     let memory = memory::from_ranges(&[(0, RAM)]).unwrap();
     let guest = GuestLayout::new(RAM, 46).unwrap();
-    let kernel = loader::load_kernel(&memory, tiny_kernel(), &AtomicBool::new(false)).unwrap();
+    let file = loader::BootFile::open("kernel", tiny_kernel()).unwrap();
+    let kernel = loader::load_kernel(&memory, &file, &AtomicBool::new(false)).unwrap();
     let vbios: Vec<GuestVbios> = input
         .images
         .iter()
@@ -355,13 +356,13 @@ fn check_load(input: &Input, roms: &[Vec<u8>]) {
             setup: i.setup,
         })
         .collect();
-    let config = LoadConfig {
+    let mut config = LoadConfig {
         initramfs: None,
         cmdline: "console=ttyS0",
         cpus: usize::from(input.cpus),
         vbios: &vbios,
     };
-    match loader::load(&memory, &guest, &config, kernel) {
+    match loader::load(&memory, &guest, &mut config, kernel) {
         Ok(_) => assert!(input.cpus <= 254),
         Err(loader::Error::VbiosTooLarge(need, area)) => {
             assert!(need > area, "{need} bytes refused for an area of {area}");

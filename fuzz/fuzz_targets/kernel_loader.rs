@@ -50,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
     let path = kernel_path();
     std::fs::write(path, data).unwrap();
     let memory = memory::from_ranges(&[(0, RAM)]).unwrap();
-    let kernel = loader::load_kernel(&memory, path, &AtomicBool::new(false));
+    let file = loader::BootFile::open("kernel", path).unwrap();
+    let kernel = loader::load_kernel(&memory, &file, &AtomicBool::new(false));
     let initramfs = initramfs_path();
     let preflight = loader::preflight(path, Some(initramfs), CMDLINE);
     if minivmm_fuzz::debug() {
@@ -67,13 +68,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let guest = GuestLayout::new(RAM, 46).unwrap();
-    let config = LoadConfig {
-        initramfs: Some(initramfs),
+    let mut initramfs_file = loader::BootFile::open("initramfs", initramfs).unwrap();
+    let mut config = LoadConfig {
+        initramfs: Some(&mut initramfs_file),
         cmdline: CMDLINE,
         cpus: 1,
         vbios: &[],
     };
-    if loader::load(&memory, &guest, &config, kernel).is_ok() {
+    if loader::load(&memory, &guest, &mut config, kernel).is_ok() {
         let mut text = [0u8; CMDLINE.len() + 1];
         memory
             .read_slice(&mut text, GuestAddress(CMDLINE_START))

@@ -87,6 +87,10 @@ pub struct Args {
     /// On exit, print how many exits reached minivmm, by vCPU and by busiest address.
     #[arg(long)]
     pub exit_stats: bool,
+    /// End the run when the guest reboots or triple-faults, instead of restarting it (a
+    /// guest with panic=-1 then ends minivmm when it panics).
+    #[arg(long)]
+    pub no_reboot: bool,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -244,6 +248,7 @@ impl Args {
             cpus: self.cpus,
             serial: self.serial,
             exit_stats: self.exit_stats,
+            reboot: !self.no_reboot,
             gpus: self.gpu,
             managed: self.managed,
             sandbox: Sandbox {

@@ -66,6 +66,8 @@ pub struct VmConfig {
     pub managed: Option<ManagedScope>,
     /// How the process confines itself once the VM is built.
     pub sandbox: crate::sandbox::Sandbox,
+    /// A guest reboot (or triple fault) restarts the guest; `--no-reboot` ends the run.
+    pub reboot: bool,
 }
 
 /// The command line used when none is given: the console on the console UART (MMIO, see

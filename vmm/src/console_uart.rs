@@ -140,6 +140,17 @@ impl ConsoleUart {
         n
     }
 
+    /// A machine reset: the UART as at power-on, its THR writes queued again (polled).
+    pub fn reset(&mut self) {
+        if let Effect::SerialTxPolled(polled) = self.port.reset() {
+            self.polled = polled;
+            if let Some(coalesced) = &self.coalesced {
+                coalesced.set_tx_polled(TxZone::ConsoleUart, polled);
+            }
+        }
+        self.sync_window();
+    }
+
     fn sync_window(&mut self) {
         let view = self.port.read_view();
         let Some(window) = self.window.as_mut() else {

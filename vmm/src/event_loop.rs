@@ -22,6 +22,16 @@ pub enum Finish {
     UserQuit,
 }
 
+impl Finish {
+    /// A vCPU asked for a reboot or triple-faulted: the guest may be started again.
+    pub fn is_reboot(&self) -> bool {
+        matches!(
+            self,
+            Finish::Vcpu(_, Outcome::Reboot | Outcome::Shutdown(_))
+        )
+    }
+}
+
 /// Shared between the vCPU threads and the event loop: the first reason to stop wins.
 #[derive(Debug)]
 pub struct RunState {
@@ -39,14 +49,29 @@ impl RunState {
         })
     }
 
-    /// Record why the run ends, unless a reason is already recorded.
+    /// Record why the run ends, unless a reason is already recorded. A stop the user asked
+    /// for (a signal, Ctrl-A x) replaces a guest reboot still being handled, so that
+    /// restarting the guest cannot swallow it.
     pub fn finish(&self, reason: Finish) {
         let mut finish = self.finish.lock().unwrap_or_else(|e| e.into_inner());
-        if finish.is_none() {
+        let replace = match (&*finish, &reason) {
+            (None, _) => true,
+            (Some(recorded), Finish::Signal(_) | Finish::UserQuit) => recorded.is_reboot(),
+            _ => false,
+        };
+        if replace {
             *finish = Some(reason);
         }
         drop(finish);
         let _ = self.wake.write(1);
+    }
+
+    /// Forget a recorded guest reboot: the guest was restarted. Any other reason stays.
+    pub fn clear_reboot(&self) {
+        let mut finish = self.finish.lock().unwrap_or_else(|e| e.into_inner());
+        if finish.as_ref().is_some_and(Finish::is_reboot) {
+            *finish = None;
+        }
     }
 
     /// The recorded reason, if any.
@@ -277,5 +302,30 @@ impl MutEventSubscriber for ExitWatcher {
                 log::error!("cannot watch exit events: {e:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_during_a_reboot_is_kept_and_a_reboot_is_cleared() {
+        let state = RunState::new().unwrap();
+        state.finish(Finish::Vcpu(0, Outcome::Reboot));
+        state.finish(Finish::Vcpu(1, Outcome::Stopped));
+        assert_eq!(state.finished(), Some(Finish::Vcpu(0, Outcome::Reboot)));
+        state.clear_reboot();
+        assert_eq!(state.finished(), None, "the guest was restarted");
+        // SIGTERM while the reboot is handled: the restart must not swallow it.
+        state.finish(Finish::Vcpu(0, Outcome::Reboot));
+        state.finish(Finish::Signal(libc::SIGTERM));
+        state.clear_reboot();
+        assert_eq!(state.finished(), Some(Finish::Signal(libc::SIGTERM)));
+        // The first reason still wins otherwise.
+        let state = RunState::new().unwrap();
+        state.finish(Finish::Vcpu(0, Outcome::PowerOff));
+        state.finish(Finish::Signal(libc::SIGTERM));
+        assert_eq!(state.finished(), Some(Finish::Vcpu(0, Outcome::PowerOff)));
     }
 }

@@ -278,10 +278,10 @@ fn report(finish: Finish) -> ExitCode {
             ExitCode::SUCCESS
         }
         Finish::Vcpu(_, Outcome::Reboot) => {
-            eprintln!("minivmm: the guest asked for a reboot; minivmm does not restart guests");
+            eprintln!("minivmm: the guest asked for a reboot; stopping (--no-reboot)");
             ExitCode::SUCCESS
         }
-        Finish::Vcpu(_, Outcome::Failed(reason)) => {
+        Finish::Vcpu(_, Outcome::Failed(reason) | Outcome::Shutdown(reason)) => {
             eprintln!("minivmm: {reason}");
             ExitCode::from(EXIT_FAILURE)
         }

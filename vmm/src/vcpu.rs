@@ -27,6 +27,9 @@ pub enum Outcome {
     PowerOff,
     /// The guest asked to reboot.
     Reboot,
+    /// A vCPU shut down (a triple fault): what happened, where known. Linux's `reboot=t`
+    /// reboots this way; a crash does too.
+    Shutdown(String),
     /// HLT reached userspace: only happens without an in-kernel irqchip.
     Halted,
     /// The VMM asked the vCPU to stop.
@@ -184,13 +187,15 @@ impl VcpuRunner<'_> {
                 // KVM on SVM reinitialises the VMCB after a SHUTDOWN intercept (the CPU leaves
                 // it undefined), so the registers now read as after RESET (RIP 0xfff0): saying
                 // that RIP would send whoever reads this to the reset vector.
-                Step::Done(Outcome::Failed(format!(
+                Step::Done(Outcome::Shutdown(format!(
                     "vCPU {}: shutdown (triple fault); KVM on AMD resets a vCPU's registers at a \
                      shutdown, so where it faulted is not known",
                     self.index
                 )))
             }
-            Ok(VcpuExit::Shutdown) => Step::Fault("shutdown (triple fault)".into()),
+            Ok(VcpuExit::Shutdown) => {
+                Step::Done(Outcome::Shutdown(self.describe("shutdown (triple fault)")))
+            }
             Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => Step::Done(Outcome::PowerOff),
             Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => Step::Done(Outcome::Reboot),
             Ok(VcpuExit::SystemEvent(kind, _)) => Step::Fault(format!("system event {kind}")),

@@ -1,11 +1,8 @@
 //! Building a VM from a [`VmConfig`] as a recipe of named steps, and running it.
 
 use std::os::fd::FromRawFd;
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -23,14 +20,17 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::coalesced::CoalescedIo;
 use crate::config::{SerialMode, VmConfig};
 use crate::console_uart::{self, ConsoleUart};
+use crate::cpu::snapshot::{ChipsSnapshot, VcpuSnapshot};
 use crate::cpu::{self, cpuid, msrs, regs};
 use crate::event_loop::{ConsoleInput, ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
 use crate::loader::{self, LoadConfig};
 use crate::memory::{self, GuestMemory, GuestRam};
 use crate::passthrough::{self, Passthrough};
+use crate::reboot::{self, Rebooter};
 use crate::sandbox::{self, Fault, Sandbox, ThreadKind};
 use crate::terminal::RawTerminal;
-use crate::vcpu::{Buses, ExitCounters, Outcome, VcpuRunner};
+use crate::vcpu::{Buses, ExitCounters, Outcome};
+use crate::vcpu_threads::{self, VcpuThreads, STOP_GRACE};
 
 /// Most vCPUs the MADT can number (8-bit APIC ids, one left for the IOAPIC).
 pub const MAX_CPUS: usize = 254;
@@ -88,6 +88,10 @@ pub struct Vm {
     // Field order is drop order: vCPUs before the VM, the VM before guest memory. While the
     // VM runs, each vCPU is owned by its thread.
     vcpus: Vec<VcpuFd>,
+    /// Each vCPU's state at hand-off (empty with `--no-reboot`).
+    snapshots: Vec<VcpuSnapshot>,
+    /// What a guest reboot needs (`None` with `--no-reboot`).
+    reboot: Option<RebootParts>,
     coalesced: Option<Arc<CoalescedIo>>,
     /// Passed-through devices: released (DMA unmapped) before guest RAM goes.
     passthrough: Option<Passthrough>,
@@ -113,11 +117,18 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// The machine's parts a reboot resets, and what it loads again.
+struct RebootParts {
+    machine: reboot::Machine,
+    reload: reboot::Reload,
+}
+
 /// The VM and its devices: everything [`Vm::build`] makes while the kernel loads.
 struct Machine {
     // Field order is drop order, as in [`Vm`]: passed-through devices go before the VM.
     passthrough: Option<Passthrough>,
     buses: Arc<Buses>,
+    root: Arc<Mutex<PciRoot>>,
     uarts: Uarts,
     vm: Arc<VmFd>,
 }
@@ -160,6 +171,7 @@ impl Machine {
         Ok(Machine {
             passthrough,
             buses,
+            root,
             uarts,
             vm,
         })
@@ -177,6 +189,13 @@ impl Vm {
         let supported = supported_cpuid(&kvm)?;
         let address_bits = cpuid::address_bits(&supported, cpuid::host_address_bits());
         let (mut layout, memory) = memory::create(config.memory, address_bits)?;
+        // Opened once, before the sandbox: a reboot loads them again from these.
+        let kernel_file = loader::BootFile::open("kernel", &config.kernel)?;
+        let mut initramfs_file = config
+            .initramfs
+            .as_deref()
+            .map(|path| loader::BootFile::open("initramfs", path))
+            .transpose()?;
         // Decompressing the kernel is the longest step (seconds under nested virtualization):
         // it runs on its own thread while the VM and its devices, passthrough included, are
         // built; if they fail, the loader is told to stop.
@@ -189,7 +208,7 @@ impl Vm {
                         .sandbox
                         .confine(ThreadKind::Loader)
                         .map_err(Error::Sandbox)?;
-                    Ok::<_, Error>(loader::load_kernel(&memory, &config.kernel, &abandon)?)
+                    Ok::<_, Error>(loader::load_kernel(&memory, &kernel_file, &abandon)?)
                 })
                 .map_err(io("cannot start the kernel-loader thread"))?;
             let machine = Machine::create(&kvm, config, &layout, &memory);
@@ -208,6 +227,7 @@ impl Vm {
             vm,
             uarts,
             buses,
+            root,
             passthrough,
         } = machine;
         log::info!("kernel loaded");
@@ -215,10 +235,30 @@ impl Vm {
             layout.pci = passthrough.pci.clone();
         }
         let vbios = passthrough.as_ref().map_or(&[][..], |p| p.vbios.as_slice());
-        let boot = load_guest(&memory, &layout, config, vbios, kernel)?;
+        let boot = load_guest(
+            &memory,
+            &layout,
+            config,
+            vbios,
+            initramfs_file.as_mut(),
+            kernel,
+        )?;
         log::info!("guest loaded, entry {:#x}", boot.entry);
         regs::write_boot_tables(&memory)?;
         let vcpus = create_vcpus(&kvm, &vm, &supported, config.cpus, boot.entry)?;
+        // The state a reboot goes back to, read before the guest runs.
+        let snapshots = if config.reboot {
+            let msr_list = kvm
+                .get_msr_index_list()
+                .map_err(|e| Error::Kvm("KVM_GET_MSR_INDEX_LIST", e))?;
+            vcpus
+                .iter()
+                .enumerate()
+                .map(|(i, fd)| VcpuSnapshot::take(fd, i, msr_list.as_slice()))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         let coalesced = vcpus
             .first()
             .and_then(|vcpu| CoalescedIo::new(&kvm, vm.clone(), vcpu))
@@ -226,6 +266,32 @@ impl Vm {
         if let Some(coalesced) = &coalesced {
             lock(&uarts.console).allow_queued_writes(coalesced.clone());
         }
+        let reboot = if config.reboot {
+            Some(RebootParts {
+                machine: reboot::Machine {
+                    vm: vm.clone(),
+                    chips: ChipsSnapshot::take(&vm)?,
+                    memory: memory.clone(),
+                    com1: uarts.com1.clone(),
+                    console: uarts.console.clone(),
+                    root: root.clone(),
+                    coalesced: coalesced.clone(),
+                    pinned: passthrough.is_some(),
+                },
+                reload: reboot::Reload {
+                    kernel: kernel_file,
+                    initramfs: initramfs_file,
+                    memory: memory.clone(),
+                    layout: layout.clone(),
+                    cmdline: config.cmdline.clone(),
+                    cpus: config.cpus,
+                    vbios: vbios.to_vec(),
+                    entry: boot.entry,
+                },
+            })
+        } else {
+            None
+        };
         let console_input: Arc<Mutex<dyn ConsoleInput>> =
             if console_uart::is_the_console(&config.cmdline) {
                 uarts.console
@@ -244,6 +310,8 @@ impl Vm {
         );
         Ok(Vm {
             vcpus,
+            snapshots,
+            reboot,
             coalesced,
             passthrough,
             _vm: vm,
@@ -296,92 +364,125 @@ impl Vm {
         if sandbox::injected_fault() == Some(Fault::WriteSysfs) {
             sandbox::try_writing_sysfs();
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let mut rebooter = match self.reboot.take() {
+            Some(parts) => Some(
+                Rebooter::start(parts.machine, parts.reload, self.sandbox)
+                    .map_err(io("cannot start the kernel-reloader thread"))?,
+            ),
+            None => None,
+        };
         // Each vCPU installs its filter and waits here; the main thread installs its own
         // after starting them (a filter is inherited by threads started later, and filters
         // stack), then lets the guest run its first instruction.
         let start = Arc::new(Barrier::new(self.vcpus.len() + 1));
-        let threads = self.spawn_vcpus(&state, &stop, &start)?;
+        let shared = vcpu_threads::Shared {
+            buses: self.buses.clone(),
+            counters: self.counters.clone(),
+            coalesced: self.coalesced.clone(),
+            state: state.clone(),
+            sandbox: self.sandbox,
+            start: start.clone(),
+        };
+        let snapshots = std::mem::take(&mut self.snapshots)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let threads = VcpuThreads::spawn(std::mem::take(&mut self.vcpus), snapshots, &shared)
+            .map_err(io("cannot start the vCPU threads"))?;
         let confined = self.sandbox.confine(ThreadKind::Main);
-        if confined.is_err() {
-            stop.store(true, Ordering::Release);
-        }
         start.wait();
         if let Err(e) = confined {
-            let _ = stop_vcpus(&stop, threads);
+            let _ = threads.stop();
             return Err(Error::Sandbox(e));
         }
         log::info!("vCPUs running");
         let finish = loop {
-            if let Some(finish) = state.finished() {
+            let finish = wait_for_finish(&state, &mut events, forwarder.as_ref());
+            let (Some(resetter), Some(why)) = (rebooter.as_mut(), reboot_reason(&finish)) else {
                 break finish;
+            };
+            let parked = threads.park();
+            if let Err(stuck) = parked {
+                // As below: the stuck threads may still use the VM and guest RAM.
+                std::mem::forget(rebooter);
+                std::mem::forget(threads);
+                std::mem::forget(self);
+                return Err(Error::VcpusStuck(stuck, finish));
             }
-            // Input waiting for the guest's FIFO is offered again every millisecond (a
-            // 16550 takes 64 bytes per interrupt; the guest drains it that fast).
-            let waiting = forwarder.as_ref().is_some_and(|f| {
-                let mut forwarder = lock(f);
-                forwarder.flush();
-                forwarder.has_pending()
-            });
-            if let Err(e) = events.run_with_timeout(if waiting { 1 } else { 1000 }) {
-                log::error!("event loop: {e:?}");
+            match resetter.reset(self.passthrough.as_mut()) {
+                Ok(()) => {
+                    if why.is_fault {
+                        log::warn!(
+                            "{}; restarting the guest (--no-reboot stops instead)",
+                            why.text
+                        );
+                    } else {
+                        log::info!("the guest rebooted ({}); starting it again", why.text);
+                    }
+                    state.clear_reboot();
+                    threads.resume();
+                }
+                Err(e) => {
+                    let reason = format!("the guest rebooted, and starting it again failed: {e}");
+                    break Finish::Vcpu(0, Outcome::Failed(reason));
+                }
             }
         };
-        let stuck = stop_vcpus(&stop, threads);
+        let stuck = threads.stop();
         if !stuck.is_empty() {
             // Guest RAM, the BAR mappings and the VFIO files stay as they are: the process
             // must end now, and only then may the kernel free them (`--managed` gives the
             // devices back from the supervising process once this one is gone).
+            std::mem::forget(rebooter);
             std::mem::forget(self);
             return Err(Error::VcpusStuck(stuck, finish));
         }
+        drop(rebooter);
         Ok(finish)
     }
+}
 
-    fn spawn_vcpus(
-        &mut self,
-        state: &Arc<RunState>,
-        stop: &Arc<AtomicBool>,
-        start: &Arc<Barrier>,
-    ) -> Result<Vec<JoinHandle<()>>, Error> {
-        install_kick_handler();
-        let mut threads = Vec::new();
-        for (index, mut fd) in self.vcpus.drain(..).enumerate() {
-            let (buses, stop, state) = (self.buses.clone(), stop.clone(), state.clone());
-            let counters = self.counters.clone();
-            let coalesced = self.coalesced.clone();
-            let (sandbox, start) = (self.sandbox, start.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || {
-                    let confined = sandbox.confine(ThreadKind::Vcpu);
-                    start.wait();
-                    if let Err(e) = confined {
-                        let reason = format!("vCPU {index}: sandbox: {e}");
-                        state.finish(Finish::Vcpu(index, Outcome::Failed(reason)));
-                        return;
-                    }
-                    if index == 0 {
-                        inject_vcpu_fault();
-                    }
-                    let Some(counters) = counters.get(index) else {
-                        return;
-                    };
-                    let outcome = VcpuRunner {
-                        fd: &mut fd,
-                        index,
-                        buses: &buses,
-                        stop: &stop,
-                        counters,
-                        coalesced: coalesced.as_deref(),
-                    }
-                    .run();
-                    state.finish(Finish::Vcpu(index, outcome));
-                })
-                .map_err(io(format!("cannot start vCPU {index}")))?;
-            threads.push(thread);
+/// Why a finished run is a reboot, and whether the guest chose it or faulted.
+struct RebootReason {
+    text: String,
+    is_fault: bool,
+}
+
+/// A run that ended in a reboot request or a triple fault restarts (unless `--no-reboot`).
+fn reboot_reason(finish: &Finish) -> Option<RebootReason> {
+    match finish {
+        Finish::Vcpu(_, Outcome::Reboot) => Some(RebootReason {
+            text: "a reset request".into(),
+            is_fault: false,
+        }),
+        Finish::Vcpu(_, Outcome::Shutdown(what)) => Some(RebootReason {
+            text: what.clone(),
+            is_fault: true,
+        }),
+        _ => None,
+    }
+}
+
+/// Serve the event loop until the run has a finish reason.
+fn wait_for_finish(
+    state: &RunState,
+    events: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    forwarder: Option<&Arc<Mutex<StdinForwarder>>>,
+) -> Finish {
+    loop {
+        if let Some(finish) = state.finished() {
+            return finish;
         }
-        Ok(threads)
+        // Input waiting for the guest's FIFO is offered again every millisecond (a 16550
+        // takes 64 bytes per interrupt; the guest drains it that fast).
+        let waiting = forwarder.is_some_and(|f| {
+            let mut forwarder = lock(f);
+            forwarder.flush();
+            forwarder.has_pending()
+        });
+        if let Err(e) = events.run_with_timeout(if waiting { 1 } else { 1000 }) {
+            log::error!("event loop: {e:?}");
+        }
     }
 }
 
@@ -465,15 +566,16 @@ fn load_guest(
     layout: &GuestLayout,
     config: &VmConfig,
     vbios: &[passthrough::GuestVbios],
+    initramfs: Option<&mut loader::BootFile>,
     kernel: loader::LoadedKernel,
 ) -> Result<loader::BootInfo, Error> {
-    let load = LoadConfig {
-        initramfs: config.initramfs.as_deref(),
+    let mut load = LoadConfig {
+        initramfs,
         cmdline: &config.cmdline,
         cpus: config.cpus,
         vbios,
     };
-    Ok(loader::load(memory, layout, &load, kernel)?)
+    Ok(loader::load(memory, layout, &mut load, kernel)?)
 }
 
 fn console_output(mode: &SerialMode) -> Result<ConsoleOut, Error> {
@@ -616,63 +718,4 @@ fn create_vcpus(
         vcpus.push(vcpu);
     }
     Ok(vcpus)
-}
-
-/// The signal used to kick a vCPU thread out of KVM_RUN.
-fn kick_signal() -> i32 {
-    vmm_sys_util::signal::SIGRTMIN()
-}
-
-/// [`Fault::VcpuPanic`] and [`Fault::VcpuSyscall`], when the test suite asks for them.
-fn inject_vcpu_fault() {
-    match sandbox::injected_fault() {
-        Some(Fault::VcpuPanic) => panic!("test fault: vCPU 0 panics"),
-        Some(Fault::VcpuSyscall) => {
-            // SAFETY: socket(2) with constant arguments; the descriptor (if any) is closed.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-            if fd >= 0 {
-                // SAFETY: `fd` was just returned by socket and is owned here.
-                unsafe { libc::close(fd) };
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The kick handler ([`crate::vcpu::on_kick`]) makes KVM_RUN return EINTR, even when the
-/// signal lands just before the thread enters it.
-fn install_kick_handler() {
-    if let Err(e) =
-        vmm_sys_util::signal::register_signal_handler(kick_signal(), crate::vcpu::on_kick)
-    {
-        log::warn!("cannot install the vCPU kick handler: {e}");
-    }
-}
-
-/// How long vCPU threads get to stop before minivmm gives up on them.
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
-/// Ask every vCPU to stop, kick each thread once, and wait (bounded) for them to end.
-/// Returns the indexes of threads still running at the deadline: they may be inside
-/// KVM_RUN or a device, so nothing they use may be freed.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> Vec<usize> {
-    stop.store(true, Ordering::Release);
-    for thread in threads.iter().filter(|t| !t.is_finished()) {
-        // SAFETY: the thread has not been joined, so its pthread_t is valid (a finished but
-        // unjoined thread ignores the signal).
-        unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let mut stuck = Vec::new();
-    for (index, thread) in threads.into_iter().enumerate() {
-        if thread.is_finished() {
-            let _ = thread.join();
-        } else {
-            stuck.push(index);
-        }
-    }
-    stuck
 }

@@ -86,6 +86,15 @@ impl PciRoot {
         Ok(())
     }
 
+    /// A machine reset: every root port back to its registers at hand-off (the functions
+    /// are reset by their owners: emulated ones hold no guest-changed state, passed-through
+    /// ones are rebuilt by the passthrough layer).
+    pub fn reset_ports(&mut self) {
+        for port in self.ports.values_mut() {
+            port.reset();
+        }
+    }
+
     /// The device numbers on bus 0 that hold no function.
     pub fn free_devices(&self) -> Vec<u8> {
         let taken = |d: u8| {

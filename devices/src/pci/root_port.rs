@@ -109,6 +109,8 @@ pub enum Error {
 pub struct RootPort {
     config: ConfigSpace,
     children: BTreeMap<u8, Box<dyn PciFunction>>,
+    /// What it was made from, for a reset.
+    made_from: RootPortConfig,
 }
 
 impl std::fmt::Debug for RootPort {
@@ -180,7 +182,16 @@ impl RootPort {
         RootPort {
             config,
             children: BTreeMap::new(),
+            made_from: port.clone(),
         }
+    }
+
+    /// Back to the registers it was made with (a machine reset); its functions are reset
+    /// by their owners.
+    pub fn reset(&mut self) {
+        let children = std::mem::take(&mut self.children);
+        *self = RootPort::new(&self.made_from);
+        self.children = children;
     }
 
     /// Put `function` at device 0, function `number`, of the secondary bus.
@@ -309,6 +320,25 @@ mod tests {
         // The guest may renumber; the children follow the register.
         port.config_write(0x19, &[5]);
         assert_eq!(port.secondary_bus(), 5);
+    }
+
+    #[test]
+    fn a_reset_restores_bus_numbers_windows_and_command_and_keeps_the_children() {
+        let mut port = port();
+        let before: Vec<u32> = (0..0x40).step_by(4).map(|o| read32(&mut port, o)).collect();
+        port.add(0, Box::new(RootPort::new(&port.made_from.clone())))
+            .unwrap();
+        port.config_write(0x19, &[5]);
+        port.config_write(0x04, &[0x00, 0x00]);
+        port.config_write(0x20, &0xd000_d000u32.to_le_bytes());
+        port.reset();
+        let after: Vec<u32> = (0..0x40).step_by(4).map(|o| read32(&mut port, o)).collect();
+        assert_eq!(after, before);
+        assert_eq!(port.secondary_bus(), 2);
+        assert!(
+            port.child(DevFn::new(0, 0)).is_some(),
+            "the child is still there"
+        );
     }
 
     #[test]

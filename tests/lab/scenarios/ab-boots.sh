@@ -33,7 +33,8 @@ boot() {
     ;;
   minivmm)
     # shellcheck disable=SC2086
-    minivmm $mflags --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+    # --no-reboot, as QEMU's -no-reboot: a guest that triple-faults ends its run.
+    minivmm --no-reboot $mflags --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
       --cmdline "$L2_CMDLINE_MINIVMM" --memory 256M --cpus 2 --serial stdio \
       </dev/null >"$log" 2>"$log.err" &
     ;;

@@ -89,7 +89,7 @@ pub fn method_name(method: &str) -> &str {
         "flr" => "FLR (function-level reset)",
         "af_flr" => "FLR (through the Advanced Features capability)",
         "pm" => "PM reset (D3hot to D0)",
-        "bus" => "bus reset (the function is alone on its bus)",
+        "bus" => "bus reset (through the bridge above it)",
         "cxl_bus" => "CXL bus reset",
         "acpi" => "the firmware's ACPI _RST method",
         "device_specific" => "a device-specific reset (a kernel quirk)",
@@ -101,7 +101,13 @@ pub fn method_name(method: &str) -> &str {
 pub fn plan(root: &HostRoot, bdf: &str) -> ResetPlan {
     let dir = root.pci_device(bdf);
     let bridge = bridge_above(&dir);
-    if dir.join("reset").exists() {
+    let below = bridge.as_ref().map(|(_, dir)| below_recursive(dir));
+    let shares_bus = below.as_ref().is_some_and(|b| b.len() > 1);
+    // The kernel probes a function's methods when it is added, so a function probed before
+    // its siblings appeared may list "bus" alone: that reset reaches them all, and VFIO then
+    // refuses it as a function reset. Either way it is a bus reset.
+    let bus_only = read_trimmed(&dir.join("reset_method")).is_some_and(|m| m == "bus");
+    if dir.join("reset").exists() && !(bus_only && shares_bus) {
         let methods = read_trimmed(&dir.join("reset_method"))
             .map(|m| m.split_whitespace().map(str::to_string).collect::<Vec<_>>())
             .filter(|m| !m.is_empty())
@@ -114,12 +120,9 @@ pub fn plan(root: &HostRoot, bdf: &str) -> ResetPlan {
             });
         return ResetPlan::Function(methods);
     }
-    match bridge {
-        Some((bridge, below)) => ResetPlan::Bus {
-            affected: below_recursive(&below),
-            bridge,
-        },
-        None => ResetPlan::None(
+    match (bridge, below) {
+        (Some((bridge, _)), Some(affected)) => ResetPlan::Bus { bridge, affected },
+        _ => ResetPlan::None(
             "it has no FLR or PM reset, and on the root bus no bridge can reset it".into(),
         ),
     }
@@ -280,19 +283,28 @@ mod tests {
                 ..gpu("0000:03:00.1")
             },
         );
-        let plan = plan(&host.root(), "0000:03:00.0");
-        assert_eq!(
-            plan,
-            ResetPlan::Bus {
-                bridge: "0000:00:01.1".into(),
-                affected: vec!["0000:03:00.0".into(), "0000:03:00.1".into()],
-            }
-        );
+        let first = plan(&host.root(), "0000:03:00.0");
+        let through_the_bridge = ResetPlan::Bus {
+            bridge: "0000:00:01.1".into(),
+            affected: vec!["0000:03:00.0".into(), "0000:03:00.1".into()],
+        };
+        assert_eq!(first, through_the_bridge);
         assert!(
-            plan.describe().contains("0000:00:01.1"),
+            first.describe().contains("0000:00:01.1"),
             "{}",
-            plan.describe()
+            first.describe()
         );
+        // Probed before its audio function appeared, the display may list "bus" alone: the
+        // same reset, through the same bridge.
+        host.file(&format!("{port}/0000:03:00.0/reset"), "")
+            .file(&format!("{port}/0000:03:00.0/reset_method"), "bus\n");
+        assert_eq!(plan(&host.root(), "0000:03:00.0"), through_the_bridge);
+        // With FLR it is a function reset again.
+        host.file(&format!("{port}/0000:03:00.0/reset_method"), "flr bus\n");
+        assert!(matches!(
+            plan(&host.root(), "0000:03:00.0"),
+            ResetPlan::Function(_)
+        ));
     }
 
     #[test]

@@ -98,11 +98,45 @@ pub struct BootInfo {
     pub entry: u64,
 }
 
+/// A file the guest boots from, opened once: a guest reboot loads it again from the open
+/// file (the sandboxed VMM can open none, and may no longer be allowed to read the path).
+#[derive(Debug)]
+pub struct BootFile {
+    /// Where it came from, for messages.
+    pub path: PathBuf,
+    file: File,
+}
+
+impl BootFile {
+    /// Open the `what` file at `path`.
+    pub fn open(what: &'static str, path: &Path) -> Result<BootFile, Error> {
+        let file = File::open(path).map_err(read_error(what, path))?;
+        Ok(BootFile {
+            path: path.into(),
+            file,
+        })
+    }
+
+    /// Its whole contents, read at offsets (no shared file position).
+    fn read_all(&self, what: &'static str) -> Result<Vec<u8>, Error> {
+        use std::os::unix::fs::FileExt as _;
+        let error = read_error(what, &self.path);
+        let size = self.file.metadata().map_err(&error)?.len();
+        let mut bytes = vec![
+            0u8;
+            usize::try_from(size)
+                .map_err(|_| error(std::io::Error::other("too large")))?
+        ];
+        self.file.read_exact_at(&mut bytes, 0).map_err(&error)?;
+        Ok(bytes)
+    }
+}
+
 /// The inputs of [`load`].
 #[derive(Debug)]
 pub struct LoadConfig<'a> {
     /// Initramfs file.
-    pub initramfs: Option<&'a Path>,
+    pub initramfs: Option<&'a mut BootFile>,
     /// Command line.
     pub cmdline: &'a str,
     /// Number of vCPUs (for the MADT).
@@ -116,7 +150,7 @@ pub struct LoadConfig<'a> {
 pub fn load(
     memory: &GuestMemory,
     guest: &GuestLayout,
-    config: &LoadConfig,
+    config: &mut LoadConfig,
     kernel: LoadedKernel,
 ) -> Result<BootInfo, Error> {
     let LoadedKernel {
@@ -125,8 +159,8 @@ pub fn load(
     } = kernel;
     let header = kernel.setup_header;
     let cmdline_len = write_cmdline(memory, config.cmdline, header.as_ref())?;
-    let initramfs = match config.initramfs {
-        Some(path) => Some(load_initramfs(memory, guest, path, &kernel)?),
+    let initramfs = match config.initramfs.as_deref_mut() {
+        Some(file) => Some(load_initramfs(memory, guest, file, &kernel)?),
         None => None,
     };
     let firmware = write_vbios(memory, config.vbios)?;
@@ -138,6 +172,12 @@ pub fn load(
     memory
         .write_slice(&tables.bytes, GuestAddress(tables.start))
         .map_err(|_| Error::GuestMemory("ACPI tables"))?;
+    memory
+        .write_slice(
+            &minivmm_firmware::reset_stub::code(),
+            GuestAddress(layout::RESET_VECTOR),
+        )
+        .map_err(|_| Error::GuestMemory("reset vector"))?;
     let e820 = e820::e820_map_reserving(guest, firmware.reserved);
     let params = boot_params::build(&boot_params::BootParamsConfig {
         setup_header: header,
@@ -246,10 +286,11 @@ pub struct LoadedKernel {
 /// the rest of the VM is built; `abandon` set means that build failed, so stop early.
 pub fn load_kernel(
     memory: &GuestMemory,
-    path: &Path,
+    kernel: &BootFile,
     abandon: &AtomicBool,
 ) -> Result<LoadedKernel, Error> {
-    let image = std::fs::read(path).map_err(read_error("kernel", path))?;
+    let path = kernel.path.as_path();
+    let image = kernel.read_all("kernel")?;
     log::info!("kernel read: {} KiB", image.len() >> 10);
     if let Some(header) = payload::setup_header(&image) {
         if header.xloadflags & XLF_KERNEL_64 == 0 {
@@ -435,11 +476,15 @@ pub fn initramfs_address(
 fn load_initramfs(
     memory: &GuestMemory,
     guest: &GuestLayout,
-    path: &Path,
+    initramfs: &mut BootFile,
     kernel: &KernelLoaderResult,
 ) -> Result<(u64, u32), Error> {
+    use std::io::Seek as _;
+    let path = initramfs.path.as_path();
     let read_error = read_error("initramfs", path);
-    let mut file = File::open(path).map_err(&read_error)?;
+    let file = &mut initramfs.file;
+    // From the start: a reboot reads it again.
+    file.rewind().map_err(&read_error)?;
     let size = file.metadata().map_err(&read_error)?.len();
     let too_large = || Error::InitramfsTooLarge {
         path: path.into(),
@@ -449,7 +494,7 @@ fn load_initramfs(
     let size32 = u32::try_from(size).map_err(|_| too_large())?;
     let addr = initramfs_address(guest, kernel, size).ok_or_else(too_large)?;
     memory
-        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .read_exact_volatile_from(GuestAddress(addr), file, size as usize)
         .map_err(|e| read_error(std::io::Error::other(e.to_string())))?;
     Ok((addr, size32))
 }
@@ -532,13 +577,14 @@ mod tests {
     fn files_that_are_not_kernels_are_named_as_such() {
         let memory = crate::memory::from_ranges(&[(0, 4 << 20)]).unwrap();
         let text = temp_file("text", b"hello\n");
+        let file = BootFile::open("kernel", &text).unwrap();
         assert!(matches!(
-            load_kernel(&memory, &text, &AtomicBool::new(false)),
+            load_kernel(&memory, &file, &AtomicBool::new(false)),
             Err(Error::NotAKernel(_))
         ));
         let missing = Path::new("/nonexistent/bzImage");
         assert!(matches!(
-            load_kernel(&memory, missing, &AtomicBool::new(false)),
+            BootFile::open("kernel", missing),
             Err(Error::Read { .. })
         ));
         std::fs::remove_file(text).unwrap();
@@ -601,8 +647,9 @@ mod tests {
     fn a_bzimage_without_a_64_bit_entry_is_refused() {
         let memory = crate::memory::from_ranges(&[(0, 4 << 20)]).unwrap();
         let path = header_only_bzimage("bz32", 0, 0);
+        let file = BootFile::open("kernel", &path).unwrap();
         assert!(matches!(
-            load_kernel(&memory, &path, &AtomicBool::new(false)),
+            load_kernel(&memory, &file, &AtomicBool::new(false)),
             Err(Error::Not64Bit(_))
         ));
         assert!(matches!(

@@ -125,6 +125,8 @@ pub fn report(attached: &[Attached]) -> String {
 
 /// The passed-through devices of a VM; dropping it releases them.
 pub struct Passthrough {
+    /// How each device is reset (its descriptors belong to `functions`).
+    resets: reset::ResetList,
     functions: Vec<SharedFunction>,
     container: Arc<VfioContainer>,
     dma: Vec<(u64, u64)>,
@@ -293,7 +295,8 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
             bdf: device.bdf(),
         })
         .collect();
-    reset::reset_all(&to_reset);
+    let resets = reset::ResetList::new(&to_reset);
+    resets.run();
     let needs: Vec<(String, FunctionNeeds)> = opened
         .iter()
         .flatten()
@@ -301,6 +304,7 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
         .collect();
     let plan = resources::assign(&slot_needs(&slots, &needs), &root_windows(at.layout))?;
     let mut passthrough = Passthrough {
+        resets,
         functions: Vec::new(),
         container: container.clone(),
         dma: Vec::new(),
@@ -449,6 +453,23 @@ fn build_function(
 }
 
 impl Passthrough {
+    /// A machine reset (guest reboot): every function quiesced (BARs unmapped, MSI off,
+    /// bus mastering off), the devices reset as at start, then each function's view built
+    /// again from its configuration space and handed off as firmware leaves it.
+    pub fn reset(&mut self) -> Result<(), Error> {
+        for function in &self.functions {
+            function.lock().unwrap_or_else(|e| e.into_inner()).quiesce();
+        }
+        self.resets.run();
+        for function in &self.functions {
+            let mut function = function.lock().unwrap_or_else(|e| e.into_inner());
+            function.host_mut().rearm_intx();
+            let name = function.host().name().to_string();
+            function.rebuild().map_err(|e| Error::Model(name, e))?;
+        }
+        Ok(())
+    }
+
     /// Give the devices' DMA all of guest RAM, at guest-physical addresses.
     fn dma_map(&mut self, memory: &GuestMemory) -> Result<(), Error> {
         let start = Instant::now();

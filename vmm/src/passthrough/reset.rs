@@ -52,67 +52,108 @@ struct Dependent {
     group: u32,
 }
 
-/// Reset every device, each the way it can be; what could not be done is a warning (the
-/// device then starts in the state it was left in, as before minivmm reset anything).
-pub(super) fn reset_all(devices: &[ToReset<'_>]) {
-    let groups = held_groups(Path::new("/proc/self/fd"));
-    let mut buses_reset: BTreeSet<Vec<Dependent>> = BTreeSet::new();
-    for device in devices {
-        let flags = match device_flags(device.device) {
-            Ok(flags) => flags,
-            Err(e) => {
-                log::warn!(
-                    "{}: not reset: VFIO_DEVICE_GET_INFO failed: {e}",
-                    device.name
-                );
-                continue;
+/// A device file, by its descriptor (owned by the device's `VfioFunction`, which the
+/// [`ResetList`]'s owner keeps open for as long as the list lives).
+#[derive(Clone, Copy, Debug)]
+struct DeviceFd(RawFd);
+
+impl AsRawFd for DeviceFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// One device in a [`ResetList`].
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    fd: DeviceFd,
+    /// The plan sysfs shows for it (PCI functions), read while files could be opened.
+    plan: Option<ResetPlan>,
+}
+
+/// Everything needed to reset the devices, gathered while the VM is built, so a reset
+/// needs only ioctls (a guest reboot happens inside the sandbox).
+#[derive(Debug)]
+pub(super) struct ResetList {
+    entries: Vec<Entry>,
+    /// The VFIO group files this process holds.
+    groups: BTreeMap<u32, RawFd>,
+}
+
+impl ResetList {
+    /// The list for `devices`, which stay open while it is used.
+    pub(super) fn new(devices: &[ToReset<'_>]) -> ResetList {
+        ResetList {
+            entries: devices
+                .iter()
+                .map(|d| Entry {
+                    name: d.name.to_string(),
+                    fd: DeviceFd(d.device.as_raw_fd()),
+                    plan: d.bdf.map(|bdf| plan::plan(&HostRoot::system(), bdf)),
+                })
+                .collect(),
+            groups: held_groups(Path::new("/proc/self/fd")),
+        }
+    }
+
+    /// Reset every device, each the way it can be; what could not be done is a warning
+    /// (the device then keeps the state it was left in).
+    pub(super) fn run(&self) {
+        let mut buses_reset: BTreeSet<Vec<Dependent>> = BTreeSet::new();
+        for entry in &self.entries {
+            let flags = match device_flags(&entry.fd) {
+                Ok(flags) => flags,
+                Err(e) => {
+                    log::warn!(
+                        "{}: not reset: VFIO_DEVICE_GET_INFO failed: {e}",
+                        entry.name
+                    );
+                    continue;
+                }
+            };
+            if flags & VFIO_DEVICE_FLAGS_RESET != 0 {
+                function_reset(entry);
+            } else if flags & VFIO_DEVICE_FLAGS_PCI != 0 {
+                bus_reset(entry, &self.groups, &mut buses_reset);
+            } else {
+                log::info!("{}: no reset offered by its VFIO driver", entry.name);
             }
-        };
-        if flags & VFIO_DEVICE_FLAGS_RESET != 0 {
-            function_reset(device);
-        } else if flags & VFIO_DEVICE_FLAGS_PCI != 0 {
-            bus_reset(device, &groups, &mut buses_reset);
-        } else {
-            log::info!("{}: no reset offered by its VFIO driver", device.name);
         }
     }
 }
 
-fn function_reset(device: &ToReset<'_>) {
-    let how = device.bdf.map_or_else(
+fn function_reset(entry: &Entry) {
+    let how = entry.plan.as_ref().map_or_else(
         || "the kernel's function reset".to_string(),
-        |bdf| plan::plan(&HostRoot::system(), bdf).describe(),
+        ResetPlan::describe,
     );
-    // SAFETY: the device file is open for the VfioDevice's life; the ioctl takes no argument.
-    let ret = unsafe { ioctl(device.device, VFIO_DEVICE_RESET()) };
+    // SAFETY: the device file is open (see `DeviceFd`); the ioctl takes no argument.
+    let ret = unsafe { ioctl(&entry.fd, VFIO_DEVICE_RESET()) };
     if ret < 0 {
         log::warn!(
-            "{}: reset failed ({}); it starts in the state it was left in",
-            device.name,
+            "{}: reset failed ({}); it keeps the state it was left in",
+            entry.name,
             std::io::Error::last_os_error()
         );
     } else {
-        log::info!("{}: reset: {how}", device.name);
+        log::info!("{}: reset: {how}", entry.name);
     }
 }
 
-fn bus_reset(
-    device: &ToReset<'_>,
-    groups: &BTreeMap<u32, RawFd>,
-    done: &mut BTreeSet<Vec<Dependent>>,
-) {
-    let dependents = match hot_reset_info(device.device) {
+fn bus_reset(entry: &Entry, groups: &BTreeMap<u32, RawFd>, done: &mut BTreeSet<Vec<Dependent>>) {
+    let dependents = match hot_reset_info(&entry.fd) {
         Ok(dependents) => dependents,
         Err(e) => {
             // A function with no reset at all (doctor warns of it) is not worth a warning on
             // every run; a bus reset VFIO refuses where sysfs shows a bridge is.
-            match device.bdf.map(|bdf| plan::plan(&HostRoot::system(), bdf)) {
+            match &entry.plan {
                 Some(ResetPlan::None(why)) => {
-                    log::info!("{}: not reset: {why}", device.name);
+                    log::info!("{}: not reset: {why}", entry.name);
                 }
                 _ => log::warn!(
-                    "{}: not reset: VFIO offers no bus reset ({e}); it starts in the state it was left in",
-                    device.name
+                    "{}: not reset: VFIO offers no bus reset ({e}); it keeps the state it was left in",
+                    entry.name
                 ),
             }
             return;
@@ -129,7 +170,7 @@ fn bus_reset(
     if !missing.is_empty() {
         log::warn!(
             "{}: not reset: it has no function reset, and a bus reset would also reset {}, which minivmm does not hold: pass them with --gpu too",
-            device.name,
+            entry.name,
             missing.join(", ")
         );
         return;
@@ -138,19 +179,19 @@ fn bus_reset(
         .iter()
         .filter_map(|d| groups.get(&d.group).copied())
         .collect();
-    match hot_reset(device.device, &fds.into_iter().collect::<Vec<_>>()) {
+    match hot_reset(&entry.fd, &fds.into_iter().collect::<Vec<_>>()) {
         Ok(()) => {
             let all: Vec<&str> = dependents.iter().map(|d| d.bdf.as_str()).collect();
             log::info!(
                 "{}: reset: a bus reset (VFIO hot reset of {})",
-                device.name,
+                entry.name,
                 all.join(", ")
             );
             done.insert(dependents);
         }
         Err(e) => log::warn!(
-            "{}: not reset: the bus reset failed ({e}); it starts in the state it was left in",
-            device.name
+            "{}: not reset: the bus reset failed ({e}); it keeps the state it was left in",
+            entry.name
         ),
     }
 }

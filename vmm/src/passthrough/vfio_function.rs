@@ -230,6 +230,13 @@ impl VfioFunction {
         }
     }
 
+    /// After the device was reset: INTx set up in VFIO again (as QEMU does after a reset),
+    /// so a level left asserted from before cannot linger.
+    pub fn rearm_intx(&mut self) {
+        self.intx_off();
+        self.intx_on();
+    }
+
     /// Undo everything the VM holds of the device: irqfds, slots, traps, mmaps.
     pub fn release(&mut self) {
         self.msi_off();

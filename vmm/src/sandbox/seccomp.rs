@@ -10,8 +10,9 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_coalesced_mmio_zone, kvm_device_attr, kvm_irq_routing, kvm_irqfd, kvm_regs,
-    kvm_userspace_memory_region,
+    kvm_coalesced_mmio_zone, kvm_debugregs, kvm_device_attr, kvm_fpu, kvm_irq_routing, kvm_irqchip,
+    kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -60,6 +61,25 @@ ioctl_iow_nr!(
     kvm_coalesced_mmio_zone
 );
 ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, KVMIO, 0xe1, kvm_device_attr);
+// A guest reboot: each vCPU thread puts its vCPU back, the main thread the chips.
+ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE, VFIO_BASE + 7);
+ioctl_io_nr!(
+    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+    VFIO_TYPE,
+    VFIO_BASE + 12
+);
+ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE, VFIO_BASE + 5);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
@@ -80,18 +100,37 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         KVM_UNREGISTER_COALESCED_MMIO(),
         VFIO_DEVICE_SET_IRQS(),
         VFIO_DEVICE_RESET(),
+        // After a guest reboot, the vCPU's state at hand-off goes back.
+        KVM_SET_REGS(),
+        KVM_SET_SREGS(),
+        KVM_SET_MSRS(),
+        KVM_SET_FPU(),
+        KVM_SET_LAPIC(),
+        KVM_SET_MP_STATE(),
+        KVM_SET_VCPU_EVENTS(),
+        KVM_SET_DEBUGREGS(),
+        KVM_SET_XCRS(),
     ];
     // The main thread restores the terminal and tears the VM down: interrupts off, BAR
-    // slots removed, DMA unmapped.
+    // slots removed, DMA unmapped. For a guest reboot it also resets the devices (through
+    // their bus when they must be) and the interrupt chips, and switches the console
+    // UART's coalesced zone.
     let main = [
         libc::TCGETS,
         libc::TCSETS,
         KVM_SET_USER_MEMORY_REGION(),
         KVM_SET_GSI_ROUTING(),
         KVM_IRQFD(),
+        KVM_REGISTER_COALESCED_MMIO(),
         KVM_UNREGISTER_COALESCED_MMIO(),
         KVM_SET_DEVICE_ATTR(),
+        KVM_SET_IRQCHIP(),
+        KVM_SET_PIT2(),
         VFIO_DEVICE_SET_IRQS(),
+        VFIO_DEVICE_GET_INFO(),
+        VFIO_DEVICE_RESET(),
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+        VFIO_DEVICE_PCI_HOT_RESET(),
         VFIO_IOMMU_UNMAP_DMA(),
         VFIO_GROUP_UNSET_CONTAINER(),
     ];
@@ -347,6 +386,15 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
+        assert_eq!(KVM_SET_REGS(), 0x4090_ae82);
+        assert_eq!(KVM_SET_SREGS(), 0x4138_ae84);
+        assert_eq!(KVM_SET_MSRS(), 0x4008_ae89);
+        assert_eq!(KVM_SET_LAPIC(), 0x4400_ae8f);
+        assert_eq!(KVM_SET_MP_STATE(), 0x4004_ae99);
+        assert_eq!(KVM_SET_VCPU_EVENTS(), 0x4040_aea0);
+        assert_eq!(KVM_SET_IRQCHIP(), 0x8208_ae63);
+        assert_eq!(KVM_SET_PIT2(), 0x4070_aea0);
+        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
     }
 

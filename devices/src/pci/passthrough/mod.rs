@@ -134,6 +134,19 @@ pub struct PassthroughFunction<H: HostFunction> {
     msix_routed: Option<Vec<MsiVector>>,
     /// Windows to configuration space in its BARs.
     quirks: Vec<quirks::Quirk>,
+    /// How the guest's machine shows it, kept for a rebuild after a reset.
+    setup: KeptSetup,
+}
+
+/// [`Setup`], owned.
+#[derive(Clone, Debug)]
+struct KeptSetup {
+    placement: Placement,
+    interrupt_line: u8,
+    rom: RomSource,
+    multifunction: bool,
+    port_link: Option<PcieLink>,
+    quirks: bool,
 }
 
 impl<H: HostFunction> std::fmt::Debug for PassthroughFunction<H> {
@@ -163,33 +176,50 @@ impl<H: HostFunction> PassthroughFunction<H> {
     /// Decoding and bus mastering are off until [`Self::hand_off`] (or the guest) turns
     /// decoding on.
     pub fn new(host: H, setup: Setup<'_>) -> Result<Self, Error> {
-        let config = read_all(&host);
-        let command = config.get(usize::from(COMMAND)).copied().unwrap_or(0);
-        let quiet = command & !(COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER);
-        host.write_config(COMMAND, &[quiet]);
         let mut function = PassthroughFunction {
             host,
             shadow: ConfigSpace::new(),
             emulated: vec![0; CONFIG_DWORDS],
             bars: Vec::new(),
-            command: quiet,
+            command: 0,
             msi: None,
             msix: None,
             rom: RomSource::None,
             msi_routed: None,
             msix_routed: None,
             quirks: Vec::new(),
+            setup: KeptSetup {
+                placement: setup.placement.clone(),
+                interrupt_line: setup.interrupt_line,
+                rom: setup.rom,
+                multifunction: setup.multifunction,
+                port_link: setup.port_link,
+                quirks: setup.quirks,
+            },
         };
-        function.virtualize_bars(&config, setup.placement)?;
+        function.build()?;
+        Ok(function)
+    }
+
+    /// The guest's view from the host function's configuration space as it is now, placed
+    /// as the kept setup says.
+    fn build(&mut self) -> Result<(), Error> {
+        let config = read_all(&self.host);
+        let command = config.get(usize::from(COMMAND)).copied().unwrap_or(0);
+        let quiet = command & !(COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER);
+        self.host.write_config(COMMAND, &[quiet]);
+        self.command = quiet;
+        let setup = self.setup.clone();
+        self.virtualize_bars(&config, &setup.placement)?;
         if setup.quirks {
             let vendor = u16::from_le_bytes([
                 config.first().copied().unwrap_or(0),
                 config.get(1).copied().unwrap_or(0),
             ]);
             let class = config.get(0x0b).copied().unwrap_or(0);
-            function.quirks = quirks::for_function(vendor, class, &function.bars);
+            self.quirks = quirks::for_function(vendor, class, &self.bars);
         }
-        function.virtualize_rom(setup.rom, setup.placement);
+        self.virtualize_rom(setup.rom.clone(), &setup.placement);
         let interrupt = dword(&config, usize::from(reg::INTERRUPT));
         let pin = interrupt & 0xff00;
         let line = if pin == 0 {
@@ -197,22 +227,52 @@ impl<H: HostFunction> PassthroughFunction<H> {
         } else {
             u32::from(setup.interrupt_line)
         };
-        function.emulate(reg::INTERRUPT, (interrupt & !0xff) | line, 0xff);
+        self.emulate(reg::INTERRUPT, (interrupt & !0xff) | line, 0xff);
         let header = dword(&config, usize::from(reg::HEADER_TYPE)) & !HEADER_MULTI_FUNCTION;
         let multi = if setup.multifunction {
             HEADER_MULTI_FUNCTION
         } else {
             0
         };
-        function.emulate_bits(reg::HEADER_TYPE, header | multi, HEADER_MULTI_FUNCTION, 0);
-        function.virtualize_msi(&config)?;
+        self.emulate_bits(reg::HEADER_TYPE, header | multi, HEADER_MULTI_FUNCTION, 0);
+        self.virtualize_msi(&config)?;
         if let Some(link) = &setup.port_link {
-            function.virtualize_express(&config, link);
+            self.virtualize_express(&config, link);
         }
         // Resizable BAR would resize a BAR behind the guest map; SR-IOV would create host
         // functions from inside the guest.
-        function.hide_extended(&config, &[ext_id::RESIZABLE_BAR, ext_id::SRIOV]);
-        Ok(function)
+        self.hide_extended(&config, &[ext_id::RESIZABLE_BAR, ext_id::SRIOV]);
+        Ok(())
+    }
+
+    /// Before the host function is reset (a guest reboot): its BARs unmapped, MSI and MSI-X
+    /// routes gone (INTx is back in use), decoding and bus mastering off.
+    pub fn quiesce(&mut self) {
+        self.unmap_all();
+        if self.msi_routed.take().is_some() {
+            self.host.set_msi(MsiKind::Msi, None);
+        }
+        if self.msix_routed.take().is_some() {
+            self.host.set_msi(MsiKind::Msix, None);
+        }
+        self.command &= !(COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER);
+        self.host.write_config(COMMAND, &[self.command]);
+    }
+
+    /// After the host function was reset: the guest's view built again as at the start
+    /// (from what the device's configuration space holds now), then handed off as firmware
+    /// leaves it. Call [`Self::quiesce`] first.
+    pub fn rebuild(&mut self) -> Result<(), Error> {
+        self.shadow = ConfigSpace::new();
+        self.emulated = vec![0; CONFIG_DWORDS];
+        self.bars.clear();
+        self.msi = None;
+        self.msix = None;
+        self.rom = RomSource::None;
+        self.quirks.clear();
+        self.build()?;
+        self.hand_off();
+        Ok(())
     }
 
     /// Leave the function as firmware leaves one whose BARs it assigned: memory decoding on

@@ -829,3 +829,49 @@ fn other_functions_get_no_quirks() {
         "no 64-bit BAR 2, no I/O BAR 4"
     );
 }
+
+#[test]
+fn a_reset_unmaps_and_silences_the_function_then_rebuilds_it_as_handed_off() {
+    let host = radeon();
+    let mut function = build(host.clone(), 16);
+    function.hand_off();
+    host.maps();
+    // The guest moves BAR 2 and turns MSI on.
+    function.config_write(0x18, &0xd000_0000u32.to_le_bytes());
+    function.config_write(0x54, &0xfee0_0000u32.to_le_bytes());
+    function.config_write(0x5c, &0x0041u32.to_le_bytes());
+    function.config_write(0x52, &[0x01, 0x00]);
+    assert!(host.msi().last().is_some_and(|(_, v)| v.is_some()));
+    host.maps();
+    function.quiesce();
+    let unmapped = host.maps();
+    assert!(
+        unmapped.iter().all(|(_, _, to, _)| to.is_none()) && unmapped.len() == 2,
+        "both BARs unmapped: {unmapped:?}"
+    );
+    assert_eq!(host.msi(), vec![(MsiKind::Msi, None)], "MSI off: INTx back");
+    assert_eq!(
+        host.seen.lock().unwrap().config_writes.last(),
+        Some(&(0x04, vec![0x00])),
+        "decoding and bus mastering off on the host"
+    );
+    function.rebuild().unwrap();
+    assert_eq!(
+        read32(&mut function, 0x18),
+        0xc000_0000,
+        "BAR 2 back where it was placed"
+    );
+    assert_eq!(
+        read32(&mut function, 0x50) >> 16 & 1,
+        0,
+        "MSI disabled in the guest's view"
+    );
+    assert_eq!(
+        host.maps(),
+        vec![
+            (0, None, Some(1 << 32), vec![]),
+            (2, None, Some(0xc000_0000), vec![])
+        ],
+        "handed off again: decoding on, BARs mapped at their places"
+    );
+}
