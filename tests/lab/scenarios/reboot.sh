@@ -32,7 +32,7 @@ rm -f /tmp/in && mkfifo /tmp/in
 gpus="--gpu $edu --gpu $bochs --gpu $audio"
 [ "$(lab_param gpus on)" = off ] && gpus=
 # shellcheck disable=SC2086
-RUST_LOG=warn,minivmm::passthrough::reset=info,minivmm::vm=info,minivmm::reboot=debug,minivmm::vcpu=info \
+RUST_LOG=warn,minivmm::passthrough::reset=info,minivmm::reboot=debug,minivmm::vcpu=info \
   timeout -s KILL 300 minivmm $gpus --exit-stats \
   --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
   --cmdline "$L2_CMDLINE_MINIVMM l2.devices=1 l2.reboot=1 memmap=1M\$0x8000000" --memory 256M \
