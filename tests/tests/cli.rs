@@ -120,21 +120,7 @@ const PRINT_INCREMENT_REBOOT: &[u8] = &[
 fn with_no_reboot_a_guest_reboot_request_exits_zero_and_says_so() {
     let kernel = tiny_kernel("reboot", PRINT_INCREMENT_REBOOT);
     let output = finish(
-        Command::new(minivmm())
-            .args([
-                "--memory",
-                "64M",
-                "--serial",
-                "none",
-                "--no-reboot",
-                "--kernel",
-            ])
-            .arg(&kernel)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+        spawn_with(&kernel, &["--serial", "none", "--no-reboot"], None),
         Duration::from_secs(20),
     );
     assert_eq!(output.status.code(), Some(0));
@@ -172,21 +158,7 @@ fn a_vcpu_fault_exits_nonzero_naming_the_vcpu() {
     // error; with --no-reboot either ends the run.
     let kernel = tiny_kernel("fault", &[0xcc, 0xeb, 0xfe]);
     let output = finish(
-        Command::new(minivmm())
-            .args([
-                "--memory",
-                "64M",
-                "--serial",
-                "none",
-                "--no-reboot",
-                "--kernel",
-            ])
-            .arg(&kernel)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+        spawn_with(&kernel, &["--serial", "none", "--no-reboot"], None),
         Duration::from_secs(20),
     );
     assert_eq!(output.status.code(), Some(1));
