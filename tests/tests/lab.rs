@@ -76,11 +76,18 @@ fn lab_test_with(
 }
 
 /// Why L1 itself died, if its log says it did: the scenario never reached `LAB:DONE`, and
-/// L1's kernel crashed or locked up (a lockup is also what the watchdog kills L1 for). L2's
-/// own kernel messages reach L1's log only through a scenario that then goes on to its end.
+/// L1's kernel crashed or locked up (a lockup is also what the watchdog kills L1 for), or L1
+/// froze in its own boot — killed by the watchdog before its init printed `LAB:L1-UP`, when
+/// no minivmm had run yet. L2's own kernel messages reach L1's log only through a scenario
+/// that then goes on to its end.
 fn l1_died(run: &LabRun) -> Option<String> {
     if run.done_rc().is_some() {
         return None;
+    }
+    if let (None, End::Killed(why)) = (run.l1_up, &run.end) {
+        return Some(format!(
+            "L1 froze in its own boot, before LAB:L1-UP ({why})"
+        ));
     }
     const CRASHES: [&str; 7] = [
         "Kernel panic",
@@ -706,7 +713,13 @@ fn radeon_without_a_rom_fails_under_qemu_and_finds_minivmms_vbios() {
 #[test]
 #[ignore = "needs the nested lab: run tests/run"]
 fn a_guest_reboot_comes_back_with_its_devices_working_twice() {
-    lab_test("reboot", |run| {
+    // Three boots, each with RAM cleared and the kernel loaded again: a slow L1 needs
+    // more than the usual hard timeout.
+    let options = RunOptions {
+        timeout: std::time::Duration::from_secs(900),
+        ..RunOptions::default()
+    };
+    lab_test_with("reboot", &options, |run| {
         let l2 = run.section("reboot")?;
         expect(
             l2.field("LAB:RESULT", "rc") == Some("0")
@@ -1388,4 +1401,56 @@ fn gpu_machine_checks(run: &LabRun) -> Checked {
     }
     // A BAR that cannot fit is refused before anything is opened.
     check_bad(run, "big-bar-no-room", "1", "BAR 2 (8 GiB) does not fit below the guest's physical address limit of 1 TiB (40 address bits")
+}
+
+/// The retry rule itself: which failed runs count as L1's death.
+mod retry_rule {
+    use super::*;
+    use std::time::Duration;
+
+    fn run(log: &str, l1_up: bool, end: End) -> LabRun {
+        LabRun {
+            scenario: "boot".into(),
+            log: log.into(),
+            log_path: "l1.log".into(),
+            end,
+            build: Duration::ZERO,
+            wall: Duration::from_secs(200),
+            l1_up: l1_up.then(|| Duration::from_secs(9)),
+            l1_initramfs_bytes: 0,
+            l2_initramfs_bytes: 0,
+            pictures: Vec::new(),
+        }
+    }
+
+    fn silent() -> End {
+        End::Killed("no console output for 150s".into())
+    }
+
+    #[test]
+    fn an_l1_that_froze_in_its_own_boot_died() {
+        let frozen = run("[    7.3] pci_bus 0000:00: root bus re", false, silent());
+        let why = l1_died(&frozen).unwrap_or_default();
+        assert!(why.contains("before LAB:L1-UP"), "{why}");
+    }
+
+    #[test]
+    fn an_l1_kernel_crash_after_it_came_up_died() {
+        let log = "LAB:L1-UP uptime=9\n[ 38.1] BUG: TASK stack guard page was hit\n";
+        let why = l1_died(&run(log, true, silent())).unwrap_or_default();
+        assert!(why.contains("stack guard page"), "{why}");
+    }
+
+    #[test]
+    fn a_silent_scenario_in_a_live_l1_is_not_l1s_death() {
+        // minivmm (or its guest) may be what hangs: that fails the test, never retried.
+        let log = "LAB:L1-UP uptime=9\nLAB:BEGIN boot\n";
+        assert_eq!(l1_died(&run(log, true, silent())), None);
+    }
+
+    #[test]
+    fn a_finished_scenario_never_counts_as_l1s_death() {
+        let log = "LAB:L1-UP uptime=9\nBUG: in L2's log\nLAB:DONE rc=1\n";
+        assert_eq!(l1_died(&run(log, true, End::Exited(Some(0)))), None);
+    }
 }
