@@ -1,5 +1,5 @@
 //! The firmware builders with arbitrary inputs: the guest layout (RAM size, address
-//! width, buses, the 64-bit window), the ACPI tables (vCPUs, extra tables), VFCT tables and
+//! width, buses, the 64-bit window), the ACPI tables (vCPUs, extra tables, ATRM methods), VFCT tables and
 //! SETUP_PCI records for arbitrary VBIOS images and device lists, the e820 map that
 //! reserves the VFCT table, the zero page; the VFCT reader on arbitrary tables; and the
 //! VMM's own composition of them all (`loader::load` with those VBIOS images, in a 16 MiB
@@ -24,7 +24,7 @@ use minivmm::loader::{self, LoadConfig};
 use minivmm::memory;
 use minivmm::passthrough::GuestVbios;
 use minivmm_devices::pci::{DevFn, PciAddress};
-use minivmm_firmware::acpi::{self, checksum, vfct, AcpiBlob, AcpiConfig};
+use minivmm_firmware::acpi::{self, atrm::AtrmImage, checksum, vfct, AcpiBlob, AcpiConfig};
 use minivmm_firmware::e820::{self, E820Entry, E820_RAM};
 use minivmm_firmware::layout::{self, GuestLayout};
 use minivmm_firmware::{boot_params, setup_data};
@@ -62,6 +62,9 @@ struct Image {
     fill: u8,
     vfct: bool,
     setup: bool,
+    atrm: bool,
+    /// The root port it sits behind (its device number on bus 0).
+    port: Option<u8>,
 }
 
 impl Image {
@@ -216,12 +219,26 @@ fn check_layout(input: &Input) -> Option<GuestLayout> {
 }
 
 /// The ACPI tables: RSDP → XSDT → every table, each with a good checksum; the XSDT lists
-/// the extra tables; MCFG covers the buses in use.
+/// the extra tables; MCFG covers the buses in use; the DSDT has an `ATRM` method when an
+/// image is offered that way.
 fn check_acpi(input: &Input, guest: &GuestLayout) {
+    let atrm: Vec<AtrmImage> = input
+        .images
+        .iter()
+        .filter(|i| i.atrm)
+        .map(|i| AtrmImage {
+            port: i.port,
+            device: i.device,
+            function: i.function,
+            base: layout::FIRMWARE_DATA_START,
+            len: u32::from(i.len),
+        })
+        .collect();
     let config = AcpiConfig {
         num_cpus: usize::from(input.cpus),
         layout: guest,
         extra_tables: &input.extra_tables,
+        atrm: &atrm,
     };
     let blob = match acpi::build(&config) {
         Ok(blob) => blob,
@@ -247,7 +264,10 @@ fn check_acpi(input: &Input, guest: &GuestLayout) {
     assert_eq!(&entries[3..], &input.extra_tables[..]);
     let fadt = sdt_at(&blob, entries[0]);
     assert_eq!(&fadt[..4], b"FACP");
-    assert_eq!(&sdt_at(&blob, u64_at(fadt, 140))[..4], b"DSDT");
+    let dsdt = sdt_at(&blob, u64_at(fadt, 140));
+    assert_eq!(&dsdt[..4], b"DSDT");
+    let methods = dsdt.windows(4).filter(|w| w == b"ATRM").count();
+    assert_eq!(methods, atrm.len(), "one ATRM method per image offered that way");
     assert_eq!(&sdt_at(&blob, entries[1])[..4], b"APIC");
     let mcfg = sdt_at(&blob, entries[2]);
     assert_eq!(&mcfg[..4], b"MCFG");
@@ -352,7 +372,9 @@ fn check_load(input: &Input, roms: &[Vec<u8>]) {
             subsystem_vendor: i.subsystem_vendor,
             subsystem_id: i.subsystem_id,
             rom: Arc::from(rom.as_slice()),
+            port: i.port,
             vfct: i.vfct,
+            atrm: i.atrm,
             setup: i.setup,
         })
         .collect();

@@ -55,7 +55,7 @@ fn check(arg: &GpuArg) {
         }
         GpuSpec::Mdev(path) => assert!(path.is_absolute()),
     }
-    if arg.vbios.vfct || arg.vbios.setup {
+    if arg.vbios.vfct || arg.vbios.atrm || arg.vbios.setup {
         assert!(arg.rom.is_some(), "vbios paths without an image: {arg:?}");
     }
     let again: GpuArg = render(arg).parse().expect("a written-out value parses");
@@ -70,6 +70,7 @@ fn render(arg: &GpuArg) -> String {
         let paths: Vec<&str> = [
             (arg.vbios.rom_bar, "rombar"),
             (arg.vbios.vfct, "vfct"),
+            (arg.vbios.atrm, "atrm"),
             (arg.vbios.setup, "setup"),
         ]
         .iter()

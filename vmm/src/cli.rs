@@ -57,8 +57,9 @@ pub struct Args {
     /// Pass a host device through with VFIO: a PCI address (0000:01:00.0 or 01:00.0)
     /// bound to vfio-pci, or a mediated device's sysfs path. Repeat for more devices; the
     /// functions of one host slot stay one multi-function device in the guest. Options
-    /// after commas: rom=FILE (the VBIOS to serve), rombar=off, vbios=rombar+vfct+setup
-    /// (where the guest finds the image; all three by default with rom=), romcheck=off.
+    /// after commas: rom=FILE (the VBIOS to serve), rombar=off, vbios=rombar+vfct+atrm+setup
+    /// (where the guest finds the image; all four by default with rom=), romcheck=off,
+    /// bus=root (no root port), quirks=off.
     #[arg(long, value_name = "DEVICE[,OPTIONS]")]
     pub gpu: Vec<GpuArg>,
     /// Move each --gpu PCI device to vfio-pci for the run and give it back to its driver

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use minivmm_firmware::acpi::vfct;
 use minivmm_firmware::option_rom;
 
+use crate::host::vbios_source;
 use crate::passthrough::GpuSpec;
 
 /// A `rom` subcommand failure: one line for the user.
@@ -69,25 +70,57 @@ pub fn dump(sys: &Path, device: &str, out: &Path) -> Result<String, Error> {
     save(&bytes, out, &format!("the ROM of {bdf}"))
 }
 
-/// `rom extract [--device BDF] -o FILE`: a VBIOS from the host's ACPI VFCT table.
+/// `rom extract [--device BDF] -o FILE`: a VBIOS the host's firmware hands out. From the
+/// ACPI VFCT table; for a given device without a VFCT image, from the copy amdgpu keeps in
+/// debugfs while it is bound (the way to an image that firmware hands out only through an
+/// ACPI `ATRM` method, which user space cannot call).
 pub fn extract(sys: &Path, device: Option<&str>, out: &Path) -> Result<String, Error> {
+    let wanted = device.map(bdf).transpose()?;
+    let from_vfct = vfct_image(sys, wanted.as_deref());
+    let (Some(bdf), Err(vfct_miss)) = (&wanted, &from_vfct) else {
+        let (image, what) = from_vfct.map_err(fail)?;
+        return save(&image, out, &what);
+    };
+    match vbios_source::amdgpu_vbios(sys, bdf) {
+        Ok(image) => save(
+            &image,
+            out,
+            &format!("amdgpu's copy of the VBIOS of {bdf} (debugfs)"),
+        ),
+        Err(debugfs_miss) => {
+            let atrm = vbios_source::acpi_tables_with_atrm(sys);
+            let hint = if atrm.is_empty() {
+                "; try minivmm rom dump BDF, or the GPU maker's image with --gpu BDF,rom=FILE"
+                    .to_string()
+            } else {
+                format!(
+                    "; this host's firmware has an ACPI ATRM method ({}), where laptops keep a dGPU's VBIOS: bind amdgpu to {bdf} on the host, mount debugfs, and run this again",
+                    atrm.join(", ")
+                )
+            };
+            Err(fail(format!(
+                "no VBIOS for {bdf}: {vfct_miss}; {debugfs_miss}{hint}"
+            )))
+        }
+    }
+}
+
+/// The VFCT image for `wanted` (the first image without one), and what to call it.
+fn vfct_image(sys: &Path, wanted: Option<&str>) -> Result<(Vec<u8>, String), String> {
     let table_path = sys.join("firmware/acpi/tables/VFCT");
-    let table = std::fs::read(&table_path).map_err(|e| {
-        fail(match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "this host has no VFCT table ({}): its firmware does not hand out a VBIOS that way; try minivmm rom dump BDF",
-                table_path.display()
-            ),
-            _ => format!("cannot read {} ({e}): run as root", table_path.display()),
-        })
+    let table = std::fs::read(&table_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "this host has no VFCT table ({}): its firmware does not hand out a VBIOS that way; try minivmm rom dump BDF",
+            table_path.display()
+        ),
+        _ => format!("cannot read {} ({e}): run as root", table_path.display()),
     })?;
     let images = vfct::images(&table);
-    let wanted = device.map(bdf).transpose()?;
-    let image = match &wanted {
+    let image = match wanted {
         None => images.first(),
         Some(wanted) => images.iter().find(|i| {
             let (bus, dev, func) = i.bdf;
-            *wanted == format!("0000:{bus:02x}:{dev:02x}.{func:x}")
+            wanted == format!("0000:{bus:02x}:{dev:02x}.{func:x}")
         }),
     };
     let Some(image) = image else {
@@ -95,7 +128,7 @@ pub fn extract(sys: &Path, device: Option<&str>, out: &Path) -> Result<String, E
             .iter()
             .map(|i| format!("{:02x}:{:02x}.{:x}", i.bdf.0, i.bdf.1, i.bdf.2))
             .collect();
-        return Err(fail(match wanted {
+        return Err(match wanted {
             Some(w) => format!(
                 "the VFCT table has no image for {w} (it has: {})",
                 if have.is_empty() {
@@ -105,14 +138,13 @@ pub fn extract(sys: &Path, device: Option<&str>, out: &Path) -> Result<String, E
                 }
             ),
             None => "the VFCT table holds no image".to_string(),
-        }));
+        });
     };
     let (bus, dev, func) = image.bdf;
-    save(
-        &image.rom,
-        out,
-        &format!("the VFCT image for {bus:02x}:{dev:02x}.{func:x}"),
-    )
+    Ok((
+        image.rom.clone(),
+        format!("the VFCT image for {bus:02x}:{dev:02x}.{func:x}"),
+    ))
 }
 
 /// Validate `bytes` and write them to `out`; the summary names what was saved.
@@ -141,7 +173,7 @@ pub fn sys_root() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
@@ -152,7 +184,7 @@ mod tests {
     }
 
     /// A checksummed 2 KiB legacy image for 1002:6660.
-    fn image() -> Vec<u8> {
+    pub(crate) fn image() -> Vec<u8> {
         let mut image = vec![0u8; 2048];
         image[0] = 0x55;
         image[1] = 0xaa;
@@ -200,6 +232,44 @@ mod tests {
             .unwrap_err()
             .0
             .contains("no VFCT table"));
+        let _ = std::fs::remove_dir_all(&sys);
+    }
+
+    #[test]
+    fn extract_explains_an_atrm_only_host_and_then_reads_amdgpus_copy() {
+        let sys = temp("atrm");
+        let tables = sys.join("firmware/acpi/tables");
+        std::fs::create_dir_all(&tables).unwrap();
+        std::fs::write(tables.join("SSDT2"), b"SSDT\x14\x4a\x04ATRM\x0a").unwrap();
+        let out = sys.join("vbios.rom");
+        // No VFCT, amdgpu not bound: the error says where the image is and what to do.
+        let e = extract(&sys, Some("03:00.0"), &out).unwrap_err().0;
+        assert!(
+            e.starts_with("no VBIOS for 0000:03:00.0: this host has no VFCT table"),
+            "{e}"
+        );
+        assert!(e.contains("debugfs is not mounted"), "{e}");
+        assert!(e.contains("ATRM method (SSDT2)"), "{e}");
+        assert!(e.contains("bind amdgpu to 0000:03:00.0"), "{e}");
+        // amdgpu bound, debugfs mounted: its copy is saved, validated.
+        let card = sys.join("kernel/debug/dri/1");
+        std::fs::create_dir_all(&card).unwrap();
+        std::fs::write(
+            card.join("name"),
+            "amdgpu dev=0000:03:00.0 unique=0000:03:00.0\n",
+        )
+        .unwrap();
+        std::fs::write(card.join("amdgpu_vbios"), image()).unwrap();
+        let said = extract(&sys, Some("03:00.0"), &out).unwrap();
+        assert!(
+            said.contains("amdgpu's copy") && said.contains("1002:6660"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), image());
+        // A copy that is not an image is refused as any other.
+        std::fs::write(card.join("amdgpu_vbios"), [1u8; 64]).unwrap();
+        let e = extract(&sys, Some("03:00.0"), &out).unwrap_err().0;
+        assert!(e.contains("not a usable ROM image"), "{e}");
         let _ = std::fs::remove_dir_all(&sys);
     }
 

@@ -1,5 +1,5 @@
-//! DSDT: the host bridge PCI0 with its resource windows and INTx routing, COM1, the MMIO
-//! console UART, and `_S5_`.
+//! DSDT: the host bridge PCI0 with its resource windows and INTx routing, the nodes of
+//! functions that offer their VBIOS through `ATRM`, COM1, the MMIO console UART, and `_S5_`.
 //!
 //! With ACPI present Linux only scans PCI roots the DSDT describes, so PCI0 carries the
 //! windows BARs may be placed in and the `_PRT` that maps INTx pins to IOAPIC inputs.
@@ -13,7 +13,7 @@ use acpi_tables::{
     Aml,
 };
 
-use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use super::{atrm::AtrmImage, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::layout::{self, GuestLayout};
 
 /// PCI devices per bus.
@@ -25,12 +25,13 @@ pub fn intx_gsi(slot: u32, pin: u32) -> u32 {
     layout::PCI_INTX_GSI_BASE + (slot + pin) % 4
 }
 
-/// Build the DSDT.
-pub fn build(guest: &GuestLayout) -> Sdt {
+/// Build the DSDT, with nodes offering the VBIOS of the `atrm` functions.
+pub fn build(guest: &GuestLayout, atrm: &[AtrmImage]) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let mut body = Vec::new();
     sleep_states().to_aml_bytes(&mut body);
     pci_host_bridge(guest, &mut body);
+    super::atrm::nodes(atrm, &mut body);
     com1(&mut body);
     console_uart(&mut body);
     dsdt.append_slice(&body);
@@ -248,7 +249,7 @@ mod tests {
         assert!(contains(&bytes, b"CONS"));
         let pnp0501 = [0x41, 0xd0, 0x05, 0x01]; // EISA id of PNP0501
         assert!(contains(&bytes, &pnp0501));
-        let dsdt = build(&GuestLayout::new(256 << 20, 46).unwrap());
+        let dsdt = build(&GuestLayout::new(256 << 20, 46).unwrap(), &[]);
         let table = dsdt.as_slice();
         let com1_at = table.windows(4).position(|w| w == b"COM1");
         let cons_at = table.windows(4).position(|w| w == b"CONS");

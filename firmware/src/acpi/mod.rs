@@ -3,6 +3,7 @@
 //! The tables are laid out back to back in the ACPI area of the layout, RSDP first so the
 //! kernel's scan of the BIOS area finds it even without `acpi_rsdp_addr`.
 
+pub mod atrm;
 pub mod dsdt;
 mod fadt;
 mod madt;
@@ -39,6 +40,8 @@ pub struct AcpiConfig<'a> {
     pub layout: &'a GuestLayout,
     /// Addresses of tables placed elsewhere (a VFCT) that the XSDT must list too.
     pub extra_tables: &'a [u64],
+    /// Functions whose VBIOS the DSDT offers through an `ATRM` method.
+    pub atrm: &'a [atrm::AtrmImage],
 }
 
 /// The tables as one blob, ready to copy to `start` in guest memory.
@@ -60,7 +63,7 @@ pub fn build(config: &AcpiConfig) -> Result<AcpiBlob, Error> {
     let mut writer = BlobWriter::new(layout::ACPI_START);
     // The RSDP points at the XSDT, which points at the rest: reserve the head, fill it last.
     let rsdp_addr = writer.reserve(Rsdp::len());
-    let dsdt = writer.push(&to_bytes(&dsdt::build(config.layout)));
+    let dsdt = writer.push(&to_bytes(&dsdt::build(config.layout, config.atrm)));
     let fadt = writer.push(&to_bytes(&fadt::build(dsdt)));
     let madt = writer.push(&madt::build(config.num_cpus));
     let mcfg = writer.push(&to_bytes(&mcfg(config.layout)));
@@ -231,6 +234,7 @@ pub(crate) mod tests {
         let layout = GuestLayout::new(256 << 20, 46).unwrap();
         build(&AcpiConfig {
             extra_tables: &[],
+            atrm: &[],
             num_cpus,
             layout: &layout,
         })
@@ -277,6 +281,7 @@ pub(crate) mod tests {
             num_cpus: 1,
             layout: &layout,
             extra_tables: &[],
+            atrm: &[],
         })
         .unwrap();
         let mcfg = find(&blob, b"MCFG");
@@ -288,6 +293,7 @@ pub(crate) mod tests {
         let layout = GuestLayout::new(256 << 20, 46).unwrap();
         let err = build(&AcpiConfig {
             extra_tables: &[],
+            atrm: &[],
             num_cpus: 300,
             layout: &layout,
         })

@@ -36,6 +36,20 @@ pub struct VfctImage<'a> {
     pub rom: &'a [u8],
 }
 
+/// Where each image's bytes start in the table [`build`] makes of `images`, from its first
+/// byte (an `ATRM` method can read the image there instead of from a copy of its own).
+pub fn image_offsets(images: &[VfctImage]) -> Vec<usize> {
+    let mut at = FIRST_IMAGE_OFFSET;
+    images
+        .iter()
+        .map(|image| {
+            let bytes = at + IMAGE_HEADER_SIZE;
+            at = bytes + image.rom.len();
+            bytes
+        })
+        .collect()
+}
+
 /// The VFCT table carrying `images`.
 pub fn build(images: &[VfctImage]) -> Vec<u8> {
     let mut table = table_header(*b"VFCT", 1);
@@ -187,6 +201,27 @@ mod tests {
         ]);
         assert_eq!(images(&table).len(), 2);
         assert_eq!(images(&table[..table.len() - 1]).len(), 1);
+    }
+
+    #[test]
+    fn image_offsets_point_at_each_images_bytes() {
+        let image = |bus, rom| VfctImage {
+            bus,
+            device: 0,
+            function: 0,
+            vendor_id: 0x1002,
+            device_id: 0x6660,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+            rom,
+        };
+        let (one, two) = ([1u8; 8], [2u8; 5]);
+        let both = [image(1, &one[..]), image(2, &two[..])];
+        let table = build(&both);
+        let offsets = image_offsets(&both);
+        assert_eq!(offsets.len(), 2);
+        assert_eq!(&table[offsets[0]..offsets[0] + 8], &[1u8; 8]);
+        assert_eq!(&table[offsets[1]..], &[2u8; 5]);
         assert!(images(b"FACP and more bytes than a header has, really").is_empty());
     }
 }

@@ -4,7 +4,8 @@
 # driver claims) has no ROM, like a laptop dGPU. Passed through by QEMU, L2's radeon logs
 # "Unable to locate a BIOS ROM". Passed through by minivmm with a suitable image (SeaBIOS's
 # vgabios-ati.bin is for 1002:5159), radeon finds a BIOS — once through each path
-# (vbios=vfct, vbios=rombar, vbios=setup), so the docs can say which path radeon takes.
+# (vbios=vfct, vbios=rombar, vbios=setup, vbios=atrm), so the docs can say which path
+# radeon takes.
 . /lab/lab.sh
 status=0
 ati=0000:00:08.0
@@ -15,7 +16,9 @@ echo vfio-pci > "$dir/driver_override"
 echo "$ati" > /sys/bus/pci/drivers_probe
 echo "LAB:BOUND $ati driver=$(basename "$(readlink "$dir/driver")")"
 CMDLINE="$L2_CMDLINE l2.radeon=1 drm.debug=0x1"
-# The driver may hang the guest after BIOS discovery: each guest runs until L2 has said what
+# The driver may hang the guest after BIOS discovery (or crash it: radeon goes on probing
+# the half-emulated chip while L2 powers off; a triple fault has been seen), so minivmm
+# runs with --no-reboot as QEMU with -no-reboot: each guest runs until L2 has said what
 # radeon found (or 240 s: a slow L1 has taken over 60 s to get QEMU's guest that far), then
 # 10 s more to power off, and is killed after that. The markers decide, not the exit.
 
@@ -47,10 +50,10 @@ if [ "$(lab_param paths all)" = all ]; then
 fi
 
 paths=$(lab_param paths all)
-[ "$paths" = all ] && paths=vfct,rombar,setup
+[ "$paths" = all ] && paths=vfct,rombar,setup,atrm
 for path in $(echo "$paths" | tr , ' '); do
   echo "LAB:BEGIN radeon-minivmm-$path"
-  run_until_bios "radeon-minivmm-$path" minivmm --gpu "$ati,rom=$rom,vbios=$path" \
+  run_until_bios "radeon-minivmm-$path" minivmm --no-reboot --gpu "$ati,rom=$rom,vbios=$path" \
     --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$CMDLINE" --memory 256M
 done
 exit $status

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod pci;
 pub mod reset;
 pub mod resources;
+pub mod vbios_source;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use linux_loader::loader::{
     bootparam::setup_header, BzImage, Elf, Error as LoaderError, KernelLoader, KernelLoaderResult,
 };
-use minivmm_firmware::acpi::vfct;
+use minivmm_firmware::acpi::{atrm, atrm::AtrmImage, vfct};
 use minivmm_firmware::{acpi, boot_params, e820, layout, layout::GuestLayout, setup_data};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -86,8 +86,8 @@ pub enum Error {
     /// The VM stopped being built while the kernel loaded (another step failed).
     #[error("kernel loading abandoned")]
     Abandoned,
-    /// VBIOS images for VFCT/SETUP_PCI that do not fit below 640 KiB.
-    #[error("the VBIOS images need {0} bytes for VFCT and SETUP_PCI, more than the {1} bytes of the firmware area: use vbios=vfct or vbios=setup, not both")]
+    /// VBIOS images for VFCT/ATRM/SETUP_PCI that do not fit below 640 KiB.
+    #[error("the VBIOS images need {0} bytes for VFCT, ATRM and SETUP_PCI, more than the {1} bytes of the firmware area: offer fewer paths with vbios= (vfct+atrm share one copy, setup needs its own)")]
     VbiosTooLarge(u64, u64),
 }
 
@@ -168,6 +168,7 @@ pub fn load(
         num_cpus: config.cpus,
         layout: guest,
         extra_tables: firmware.vfct.as_slice(),
+        atrm: &firmware.atrm,
     })?;
     memory
         .write_slice(&tables.bytes, GuestAddress(tables.start))
@@ -199,20 +200,26 @@ pub fn load(
 struct FirmwareData {
     /// The VFCT table's address, for the XSDT.
     vfct: Option<u64>,
-    /// Bytes from the start of the area to reserve in e820 (the VFCT table).
+    /// The images the DSDT offers through `ATRM`, and where they are.
+    atrm: Vec<AtrmImage>,
+    /// Bytes from the start of the area to reserve in e820 (the VFCT table and the ATRM
+    /// images).
     reserved: u64,
     /// The first setup_data record, 0 for none.
     setup_data: u64,
 }
 
-/// Put the VFCT table (reserved: ACPI tables must stay) and then the SETUP_PCI records
-/// (RAM the kernel reserves itself) into the firmware-data area.
+/// Put the VFCT table and the images read through `ATRM` (reserved: ACPI tables and the
+/// memory their methods read must stay), then the SETUP_PCI records (RAM the kernel
+/// reserves itself) into the firmware-data area. An `ATRM` image that is also in the VFCT
+/// is read from there; others get a copy of their own.
 fn write_vbios(memory: &GuestMemory, vbios: &[GuestVbios]) -> Result<FirmwareData, Error> {
     let mut data = FirmwareData::default();
     let area = layout::FIRMWARE_DATA_END - layout::FIRMWARE_DATA_START;
-    let vfct: Vec<vfct::VfctImage> = vbios
+    let too_large = |end: u64| Error::VbiosTooLarge(end - layout::FIRMWARE_DATA_START, area);
+    let in_vfct: Vec<&GuestVbios> = vbios.iter().filter(|v| v.vfct).collect();
+    let vfct: Vec<vfct::VfctImage> = in_vfct
         .iter()
-        .filter(|v| v.vfct)
         .map(|v| vfct::VfctImage {
             bus: v.address.bus,
             device: v.address.devfn.device(),
@@ -224,16 +231,42 @@ fn write_vbios(memory: &GuestMemory, vbios: &[GuestVbios]) -> Result<FirmwareDat
             rom: &v.rom,
         })
         .collect();
-    if !vfct.is_empty() {
-        let table = vfct::build(&vfct);
-        data.reserved = (table.len() as u64).next_multiple_of(0x1000);
-        if data.reserved > area {
-            return Err(Error::VbiosTooLarge(data.reserved, area));
+    let mut next = layout::FIRMWARE_DATA_START;
+    // Everything here is checked against the area before it is written.
+    let mut place = |bytes: &[u8], what: &'static str| -> Result<u64, Error> {
+        let at = next;
+        let end = at + bytes.len() as u64;
+        if end > layout::FIRMWARE_DATA_END {
+            return Err(too_large(end));
         }
         memory
-            .write_slice(&table, GuestAddress(layout::FIRMWARE_DATA_START))
-            .map_err(|_| Error::GuestMemory("VFCT table"))?;
-        data.vfct = Some(layout::FIRMWARE_DATA_START);
+            .write_slice(bytes, GuestAddress(at))
+            .map_err(|_| Error::GuestMemory(what))?;
+        next = end;
+        Ok(at)
+    };
+    if !vfct.is_empty() {
+        let table = vfct::build(&vfct);
+        let at = place(&table, "VFCT table")?;
+        data.vfct = Some(at);
+        for (v, offset) in in_vfct.iter().zip(vfct::image_offsets(&vfct)) {
+            if v.atrm {
+                data.atrm.push(atrm_image(v, at + offset as u64));
+            }
+        }
+    }
+    for v in vbios.iter().filter(|v| v.atrm && !v.vfct) {
+        let at = place(&v.rom, "ATRM image")?;
+        data.atrm.push(atrm_image(v, at));
+    }
+    if !data.atrm.is_empty() {
+        // The method's region spans a whole chunk from any offset inside an image.
+        let tail = vec![0u8; atrm::CHUNK as usize];
+        place(&tail, "ATRM image")?;
+    }
+    data.reserved = (next - layout::FIRMWARE_DATA_START).next_multiple_of(0x1000);
+    if data.reserved > area {
+        return Err(too_large(layout::FIRMWARE_DATA_START + data.reserved));
     }
     let roms: Vec<setup_data::PciRom> = vbios
         .iter()
@@ -251,16 +284,25 @@ fn write_vbios(memory: &GuestMemory, vbios: &[GuestVbios]) -> Result<FirmwareDat
     let (records, first) = setup_data::pci_list(&roms, start);
     let end = start + records.len() as u64;
     if end > layout::FIRMWARE_DATA_END {
-        return Err(Error::VbiosTooLarge(
-            end - layout::FIRMWARE_DATA_START,
-            area,
-        ));
+        return Err(too_large(end));
     }
     memory
         .write_slice(&records, GuestAddress(start))
         .map_err(|_| Error::GuestMemory("SETUP_PCI records"))?;
     data.setup_data = first;
     Ok(data)
+}
+
+/// Where the `ATRM` method of `vbios`'s function finds its image: at `base`.
+fn atrm_image(vbios: &GuestVbios, base: u64) -> AtrmImage {
+    AtrmImage {
+        port: vbios.port,
+        device: vbios.address.devfn.device(),
+        function: vbios.address.devfn.function(),
+        base,
+        // The firmware area is far smaller than 4 GiB: every image in it fits.
+        len: vbios.rom.len() as u32,
+    }
 }
 
 /// The error for a `what` file at `path` that cannot be read.
@@ -541,6 +583,72 @@ mod tests {
         let mut kernel = bzimage_result(0x300_0000);
         kernel.kernel_load = GuestAddress(0xffff_ffff_ffff_f000);
         assert!(initramfs_address(&guest, &kernel, 4096).is_none());
+    }
+
+    fn vbios(bus: u8, rom: &[u8], vfct: bool, atrm: bool, setup: bool) -> GuestVbios {
+        use minivmm_devices::pci::{DevFn, PciAddress};
+        GuestVbios {
+            address: PciAddress::new(bus, DevFn::new(0, 0)),
+            vendor: 0x1002,
+            device_id: 0x5159,
+            subsystem_vendor: 0,
+            subsystem_id: 0,
+            rom: rom.into(),
+            port: Some(bus + 2),
+            vfct,
+            atrm,
+            setup,
+        }
+    }
+
+    fn read(memory: &GuestMemory, at: u64, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        memory.read_slice(&mut bytes, GuestAddress(at)).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn atrm_reads_an_image_in_the_vfct_from_there_and_others_from_a_reserved_copy() {
+        let memory = crate::memory::from_ranges(&[(0, 1 << 20)]).unwrap();
+        let (shared, own) = ([0x55u8; 300], [0x66u8; 200]);
+        let data = write_vbios(
+            &memory,
+            &[
+                vbios(1, &shared, true, true, false),
+                vbios(2, &own, false, true, true),
+            ],
+        )
+        .unwrap();
+        assert_eq!(data.vfct, Some(layout::FIRMWARE_DATA_START));
+        assert_eq!(data.atrm.len(), 2);
+        let (in_vfct, copied) = (&data.atrm[0], &data.atrm[1]);
+        assert_eq!((in_vfct.port, in_vfct.len), (Some(3), 300));
+        assert_eq!(read(&memory, in_vfct.base, 300), shared);
+        assert_eq!((copied.port, copied.len), (Some(4), 200));
+        assert_eq!(read(&memory, copied.base, 200), own);
+        // Reserved: both images and a whole chunk after the last one (the method's region),
+        // and the SETUP_PCI record only after that.
+        let reserved_end = layout::FIRMWARE_DATA_START + data.reserved;
+        assert!(copied.base + 200 + u64::from(atrm::CHUNK) <= reserved_end);
+        assert!(data.setup_data >= reserved_end);
+    }
+
+    #[test]
+    fn without_atrm_nothing_is_copied_and_only_the_vfct_is_reserved() {
+        let memory = crate::memory::from_ranges(&[(0, 1 << 20)]).unwrap();
+        let data = write_vbios(&memory, &[vbios(1, &[1; 100], true, false, false)]).unwrap();
+        assert!(data.atrm.is_empty());
+        assert_eq!(data.reserved, 0x1000);
+    }
+
+    #[test]
+    fn images_beyond_the_firmware_area_are_refused_with_what_to_do() {
+        let memory = crate::memory::from_ranges(&[(0, 1 << 20)]).unwrap();
+        let big = vec![0x55u8; 300 << 10];
+        let e = write_vbios(&memory, &[vbios(1, &big, true, true, true)]).unwrap_err();
+        assert!(e.to_string().contains("vbios="), "{e}");
+        // One copy for VFCT and ATRM fits.
+        assert!(write_vbios(&memory, &[vbios(1, &big, true, true, false)]).is_ok());
     }
 
     #[test]

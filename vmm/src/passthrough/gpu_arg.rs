@@ -4,8 +4,10 @@
 //! - `rom=FILE`: serve this image as the device's VBIOS instead of the device's own ROM.
 //! - `rombar=off`: show no ROM in the ROM BAR (the image can still go by `vbios=`).
 //! - `vbios=PATHS`: where the guest finds the image, `+`-separated: `rombar` (the PCI ROM
-//!   BAR), `vfct` (the ACPI VFCT table radeon/amdgpu read first), `setup` (a SETUP_PCI boot
-//!   record, the kernel's platform ROM), or `none`. Default with `rom=`: all three.
+//!   BAR), `vfct` (the ACPI VFCT table), `atrm` (an ACPI `ATRM` method under the device's
+//!   node, which radeon/amdgpu call before reading the VFCT, as on laptops with switchable
+//!   graphics), `setup` (a SETUP_PCI boot record, the kernel's platform ROM), or `none`.
+//!   Default with `rom=`: all four.
 //! - `romcheck=off`: use an image whose vendor/device differ from the device's.
 //! - `bus=root`: put the device's guest slot on bus 0, as minivmm did before root ports;
 //!   `bus=port` (the default) puts it behind a PCIe root port of its own.
@@ -23,6 +25,8 @@ pub struct VbiosPaths {
     pub rom_bar: bool,
     /// The ACPI VFCT table.
     pub vfct: bool,
+    /// An ACPI `ATRM` method under the device's node.
+    pub atrm: bool,
     /// A SETUP_PCI setup_data record.
     pub setup: bool,
 }
@@ -32,7 +36,16 @@ impl VbiosPaths {
     pub const ALL: VbiosPaths = VbiosPaths {
         rom_bar: true,
         vfct: true,
+        atrm: true,
         setup: true,
+    };
+
+    /// Nowhere.
+    pub const NONE: VbiosPaths = VbiosPaths {
+        rom_bar: false,
+        vfct: false,
+        atrm: false,
+        setup: false,
     };
 }
 
@@ -83,7 +96,7 @@ impl std::str::FromStr for GpuArg {
                 Some(("quirks", "on")) => arg.quirks = true,
                 _ => {
                     return Err(format!(
-                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+setup, romcheck=off, bus=root or quirks=off"
+                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+atrm+setup, romcheck=off, bus=root or quirks=off"
                     ))
                 }
             }
@@ -98,8 +111,7 @@ impl std::str::FromStr for GpuArg {
         } else {
             VbiosPaths {
                 rom_bar: true,
-                vfct: false,
-                setup: false,
+                ..VbiosPaths::NONE
             }
         });
         arg.vbios.rom_bar &= rom_bar;
@@ -108,20 +120,17 @@ impl std::str::FromStr for GpuArg {
 }
 
 fn parse_paths(text: &str) -> Result<VbiosPaths, String> {
-    let mut paths = VbiosPaths {
-        rom_bar: false,
-        vfct: false,
-        setup: false,
-    };
+    let mut paths = VbiosPaths::NONE;
     for path in text.split('+') {
         match path {
             "rombar" => paths.rom_bar = true,
             "vfct" => paths.vfct = true,
+            "atrm" => paths.atrm = true,
             "setup" => paths.setup = true,
             "none" => {}
             other => {
                 return Err(format!(
-                    "unknown vbios path '{other}'; use rombar, vfct, setup (joined with +) or none"
+                    "unknown vbios path '{other}'; use rombar, vfct, atrm, setup (joined with +) or none"
                 ))
             }
         }
@@ -138,7 +147,7 @@ mod tests {
         let arg: GpuArg = "01:00.0".parse().unwrap();
         assert_eq!(arg.device, GpuSpec::Pci("0000:01:00.0".into()));
         assert_eq!(arg.rom, None);
-        assert!(arg.vbios.rom_bar && !arg.vbios.vfct && !arg.vbios.setup);
+        assert!(arg.vbios.rom_bar && !arg.vbios.vfct && !arg.vbios.atrm && !arg.vbios.setup);
     }
 
     #[test]
@@ -150,7 +159,15 @@ mod tests {
         assert!(!arg.vbios.rom_bar && arg.vbios.vfct && !arg.vbios.setup);
         assert!(arg.skip_id_check);
         let arg: GpuArg = "01:00.0,rom=v.rom,rombar=off".parse().unwrap();
-        assert!(!arg.vbios.rom_bar && arg.vbios.vfct && arg.vbios.setup);
+        assert!(!arg.vbios.rom_bar && arg.vbios.vfct && arg.vbios.atrm && arg.vbios.setup);
+        let arg: GpuArg = "01:00.0,rom=v.rom,vbios=atrm".parse().unwrap();
+        assert_eq!(
+            arg.vbios,
+            VbiosPaths {
+                atrm: true,
+                ..VbiosPaths::NONE
+            }
+        );
         let arg: GpuArg = "01:00.0,rombar=off".parse().unwrap();
         assert!(!arg.vbios.rom_bar);
     }

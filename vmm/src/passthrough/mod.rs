@@ -87,8 +87,12 @@ pub struct GuestVbios {
     pub subsystem_id: u16,
     /// The image.
     pub rom: Arc<[u8]>,
+    /// The bus-0 device number of the root port it sits behind (`None`: on bus 0).
+    pub port: Option<u8>,
     /// Offer it in the ACPI VFCT table.
     pub vfct: bool,
+    /// Offer it through an ACPI `ATRM` method under its device node.
+    pub atrm: bool,
     /// Offer it as a SETUP_PCI record.
     pub setup: bool,
 }
@@ -410,6 +414,7 @@ fn build_function(
         rom,
         image,
         vfct,
+        atrm,
         setup,
         pin,
         quirks,
@@ -446,7 +451,9 @@ fn build_function(
         subsystem_vendor: subsystem.0,
         subsystem_id: subsystem.1,
         rom,
+        port: slot.port().map(|port| port.device()),
         vfct,
+        atrm,
         setup,
     });
     Ok((shared, vbios))

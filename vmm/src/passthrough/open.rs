@@ -29,8 +29,10 @@ pub(super) struct Opened {
     pub(super) rom: RomSource,
     /// The `rom=` image, for the firmware tables.
     pub(super) image: Option<Arc<[u8]>>,
-    /// `vbios=`: the image goes in the VFCT table, in a SETUP_PCI record.
+    /// `vbios=`: the image goes in the VFCT table, behind an ATRM method, in a SETUP_PCI
+    /// record.
     pub(super) vfct: bool,
+    pub(super) atrm: bool,
     pub(super) setup: bool,
     /// `quirks=`: the vendor quirks apply.
     pub(super) quirks: bool,
@@ -153,6 +155,7 @@ pub(super) fn open_device(
         rom,
         image,
         vfct: arg.vbios.vfct,
+        atrm: arg.vbios.atrm,
         quirks: arg.quirks,
         setup: arg.vbios.setup,
         pin,

@@ -13,6 +13,7 @@ use super::{Check, Host, Status};
 use crate::host::pci::{blocking_members, driver, group_members, PciInfo, RomReadError, VFIO_PCI};
 use crate::host::reset::{self, ResetPlan};
 use crate::host::resources::host_bars;
+use crate::host::vbios_source;
 use crate::passthrough::root_windows;
 
 fn device_check(info: &PciInfo, item: &'static str, status: Status, detail: String) -> Check {
@@ -213,34 +214,45 @@ fn check_vbios(host: &Host, info: &PciInfo) -> Check {
         );
     }
     let why = rom.err().unwrap_or_default();
+    let bdf = &info.bdf;
+    let warn = |detail: String, fix: String| {
+        with_fix(device_check(info, "vbios", Status::Warn, detail), fix)
+    };
+    let extract = format!("minivmm rom extract --device {bdf} -o vbios.rom");
+    let serve = format!("--gpu {bdf},rom=vbios.rom");
     if let Some(size) = vfct_image(host, info) {
-        return with_fix(
-            device_check(
-                info,
-                "vbios",
-                Status::Warn,
-                format!(
-                    "ROM BAR: {why}; the host's ACPI VFCT table has an image for it ({} KiB)",
-                    size >> 10
-                ),
-            ),
+        return warn(
             format!(
-                "minivmm rom extract --device {bdf} -o vbios.rom, then --gpu {bdf},rom=vbios.rom",
-                bdf = info.bdf
+                "ROM BAR: {why}; the host's ACPI VFCT table has an image for it ({} KiB)",
+                size >> 10
             ),
+            format!("{extract}, then {serve}"),
         );
     }
-    with_fix(
-        device_check(
-            info,
-            "vbios",
-            Status::Warn,
-            format!("no usable VBIOS: ROM BAR: {why}; no VFCT image for it; the guest driver may report \"Unable to locate a BIOS ROM\""),
-        ),
-        format!(
-            "get the image (vendor tools such as amdvbflash or nvflash, or the GPU maker's firmware) and pass --gpu {},rom=FILE",
-            info.bdf
-        ),
+    let sys = host.root.sys();
+    let amdgpu_copy = vbios_source::amdgpu_vbios(&sys, bdf).map(|bytes| valid_for(&bytes, info));
+    if let Ok(Ok(size)) = amdgpu_copy {
+        return warn(
+            format!(
+                "ROM BAR: {why}; no VFCT image for it; the host's amdgpu has a copy ({} KiB, from wherever the firmware keeps it: ATRM on laptops)",
+                size >> 10
+            ),
+            format!("{extract} while amdgpu is bound, then {serve}"),
+        );
+    }
+    let atrm = vbios_source::acpi_tables_with_atrm(&sys);
+    if !atrm.is_empty() {
+        return warn(
+            format!(
+                "ROM BAR: {why}; no VFCT image for it; the host's ACPI has an ATRM method ({}), where laptops keep a dGPU's VBIOS, and only a driver can call it",
+                atrm.join(", ")
+            ),
+            format!("bind amdgpu to {bdf} on the host with debugfs mounted, then {extract}, then {serve}"),
+        );
+    }
+    warn(
+        format!("no usable VBIOS: ROM BAR: {why}; no VFCT image or ATRM method for it; the guest driver may report \"Unable to locate a BIOS ROM\""),
+        format!("get the image (vendor tools such as amdvbflash or nvflash, or the GPU maker's firmware) and pass --gpu {bdf},rom=FILE"),
     )
 }
 
@@ -251,7 +263,12 @@ fn rom_bar_image(host: &Host, info: &PciInfo) -> Result<usize, String> {
         RomReadError::Enable(_) => "cannot enable it (run as root to check)".to_string(),
         RomReadError::Read(_) => "unreadable (no ROM behind the BAR)".to_string(),
     })?;
-    let rom = option_rom::parse(&bytes).map_err(|e| format!("not a valid image ({e})"))?;
+    valid_for(&bytes, info)
+}
+
+/// The size of `bytes` if they are a valid image for this device, or why they are not.
+fn valid_for(bytes: &[u8], info: &PciInfo) -> Result<usize, String> {
+    let rom = option_rom::parse(bytes).map_err(|e| format!("not a valid image ({e})"))?;
     match rom.ids() {
         Some((v, d)) if (v, d) != (info.vendor, info.device) => {
             Err(format!("an image for {v:04x}:{d:04x}, not this device"))

@@ -302,6 +302,47 @@ fn a_vbios_only_in_vfct_is_found_and_the_extract_command_given() {
 }
 
 #[test]
+fn an_atrm_only_host_is_explained_and_amdgpus_copy_then_named() {
+    let host = ready_host();
+    host.file("sys/firmware/acpi/tables/SSDT4", "SSDT..ATRM..");
+    let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
+    let vbios = item(&report, "0000:01:00.0", "vbios");
+    assert_eq!(vbios.status, Status::Warn);
+    assert!(
+        vbios.detail.contains("an ATRM method (SSDT4)"),
+        "{}",
+        vbios.detail
+    );
+    let fix = vbios.fix.clone().unwrap_or_default();
+    assert!(fix.starts_with("bind amdgpu to 0000:01:00.0"), "{fix}");
+    // With amdgpu bound (its debugfs copy there), the copy is the source to extract.
+    host.file(
+        "sys/kernel/debug/dri/0/name",
+        "amdgpu dev=0000:01:00.0 unique=0000:01:00.0\n",
+    );
+    let copy = host.path("sys/kernel/debug/dri/0/amdgpu_vbios");
+    std::fs::write(&copy, crate::rom_tool::tests::image()).unwrap();
+    let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
+    let vbios = item(&report, "0000:01:00.0", "vbios");
+    assert!(
+        vbios.detail.contains("the host's amdgpu has a copy (2 KiB"),
+        "{}",
+        vbios.detail
+    );
+    let fix = vbios.fix.clone().unwrap_or_default();
+    assert!(
+        fix.starts_with("minivmm rom extract --device 0000:01:00.0"),
+        "{fix}"
+    );
+    // A copy for another device is not offered.
+    std::fs::write(&copy, [0x55u8, 0xaa, 0, 0]).unwrap();
+    let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
+    assert!(item(&report, "0000:01:00.0", "vbios")
+        .detail
+        .contains("ATRM method"));
+}
+
+#[test]
 fn a_rom_bar_image_is_checked_against_the_device() {
     let host = ready_host();
     // SeaBIOS's VGA BIOS (Debian's seabios, installed with QEMU by the lab's prepare).
