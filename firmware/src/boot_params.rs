@@ -14,6 +14,8 @@ const LOADER_UNDEFINED: u8 = 0xff;
 const CAN_USE_HEAP: u8 = 0x80;
 /// Kernel alignment an ELF vmlinux is assumed to need (16 MiB, the x86 default).
 const ELF_KERNEL_ALIGNMENT: u32 = 0x100_0000;
+/// `screen_info.orig_video_isVGA` of a colour VGA text display (`VIDEO_TYPE_VGAC`).
+const VIDEO_TYPE_VGAC: u8 = 0x22;
 
 /// Errors building the zero page.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct BootParamsConfig<'a> {
     pub rsdp_addr: u64,
     /// Guest address of the first `setup_data` record, 0 for none.
     pub setup_data: u64,
+    /// A VGA in 80x25 colour text mode (mode 3) is there, as a BIOS would leave one.
+    pub vga_text: bool,
 }
 
 /// Fill in a zero page.
@@ -70,7 +74,26 @@ pub fn build(config: &BootParamsConfig) -> Result<boot_params, Error> {
     params.e820_entries = config.e820.len() as u8;
     params.acpi_rsdp_addr = config.rsdp_addr;
     params.hdr.setup_data = config.setup_data;
+    if config.vga_text {
+        vga_text_mode(&mut params);
+    }
     Ok(params)
+}
+
+/// What the real-mode setup code would have read from a VGA BIOS in mode 3 (int 10h): the
+/// kernel's vgacon takes the display only when these say colour text (a zeroed
+/// `screen_info` means no display). The cursor starts at the top left.
+fn vga_text_mode(params: &mut boot_params) {
+    // A copy: the zero page is a packed structure.
+    let mut screen = params.screen_info;
+    screen.orig_video_mode = 3;
+    screen.orig_video_cols = 80;
+    screen.orig_video_lines = 25;
+    screen.orig_video_isVGA = VIDEO_TYPE_VGAC;
+    // int 10h AH=12h BL=10h: BH 0 (colour), BL 3 (256 KiB); 0x10 would mean "no EGA".
+    screen.orig_video_ega_bx = 0x0003;
+    screen.orig_video_points = 16;
+    params.screen_info = screen;
 }
 
 /// A setup header for an ELF vmlinux, which carries none of its own.
@@ -98,7 +121,31 @@ mod tests {
             e820,
             rsdp_addr: 0xe_0000,
             setup_data: 0x3_0000,
+            vga_text: false,
         }
+    }
+
+    #[test]
+    fn a_vga_text_display_is_described_as_a_bios_leaves_it_and_none_otherwise() {
+        let e820 = e820_map(&GuestLayout::new(256 << 20, 46).unwrap());
+        let params = build(&config(&e820)).unwrap();
+        let screen = params.screen_info;
+        assert_eq!((screen.orig_video_isVGA, screen.orig_video_lines), (0, 0));
+        let params = build(&BootParamsConfig {
+            vga_text: true,
+            ..config(&e820)
+        })
+        .unwrap();
+        let screen = params.screen_info;
+        let (mode, cols, lines) = (
+            screen.orig_video_mode,
+            screen.orig_video_cols,
+            screen.orig_video_lines,
+        );
+        assert_eq!((mode, cols, lines), (3, 80, 25));
+        assert_eq!(screen.orig_video_isVGA, 0x22);
+        let bx = screen.orig_video_ega_bx;
+        assert_ne!(bx & 0xff, 0x10, "vgacon takes BL 0x10 for CGA");
     }
 
     #[test]

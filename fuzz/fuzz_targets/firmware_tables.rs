@@ -318,6 +318,7 @@ fn check_e820(guest: &GuestLayout, reserved: u64) {
         e820: &map,
         rsdp_addr: layout::ACPI_START,
         setup_data: 0,
+        vga_text: guest.pci.buses % 2 == 0,
     })
     .unwrap();
     assert_eq!(usize::from(params.e820_entries), map.len());
@@ -383,6 +384,7 @@ fn check_load(input: &Input, roms: &[Vec<u8>]) {
         cmdline: "console=ttyS0",
         cpus: usize::from(input.cpus),
         vbios: &vbios,
+        vga_text: input.cpus % 2 == 1,
     };
     match loader::load(&memory, &guest, &mut config, kernel) {
         Ok(_) => assert!(input.cpus <= 254),

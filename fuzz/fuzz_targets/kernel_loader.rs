@@ -74,6 +74,7 @@ fuzz_target!(|data: &[u8]| {
         cmdline: CMDLINE,
         cpus: 1,
         vbios: &[],
+        vga_text: false,
     };
     if loader::load(&memory, &guest, &mut config, kernel).is_ok() {
         let mut text = [0u8; CMDLINE.len() + 1];

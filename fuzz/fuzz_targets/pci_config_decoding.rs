@@ -65,6 +65,7 @@ fn tree() -> Arc<Mutex<PciRoot>> {
         link,
         port_number: 1,
         interrupt_line: 17,
+        vga: false,
     });
     let display = build_function(
         display_function(),

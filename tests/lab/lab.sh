@@ -35,6 +35,27 @@ wait_for() {
   now_ms
 }
 
+# shot NAME DEVICE: ask the harness for a picture of L1's display DEVICE (QEMU's id) as
+# NAME.png, and wait for its answer on fd 5 (the scenario opens ttyS1 there, once);
+# prints LAB:SHOT name=NAME answer=... and leaves the answer in $answer.
+shot() {
+  echo "LAB:SCREENSHOT name=$1 device=$2"
+  if read -r -t 60 answer <&5; then :; else answer=timeout; fi
+  echo "LAB:SHOT name=$1 answer=$answer"
+}
+
+# end_vmm PID: wait for a minivmm run whose console went to /tmp/l2.log and stderr to
+# /tmp/vmm.err, close its input (fd 3), then print both (stderr as LAB:VMM lines); its
+# exit status is left in $rc.
+end_vmm() {
+  wait "$1"
+  rc=$?
+  exec 3>&-
+  cat /tmp/l2.log
+  echo
+  sed 's/^/LAB:VMM /' /tmp/vmm.err
+}
+
 # ratio A B: A / B to three decimals, NA when either is missing.
 ratio() {
   awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.3f\n", a / b }'

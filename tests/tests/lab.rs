@@ -825,6 +825,73 @@ fn a_guest_reboot_comes_back_with_its_devices_working_twice() {
     });
 }
 
+#[test]
+#[ignore = "needs the nested lab: run tests/run"]
+fn vga_on_shows_the_guests_vgacon_text_on_l1s_screen() {
+    lab_test("vga", |run| {
+        let l2 = run.section("vga")?;
+        expect(
+            l2.field("LAB:RESULT", "rc") == Some("0") && l2.has("L2:POWEROFF"),
+            format!("minivmm ran L2 to its end: {:?}", l2.markers("LAB:RESULT")),
+        )?;
+        expect(
+            l2.markers("L2:VGACON ")
+                .iter()
+                .any(|l| l.contains("Console: colour VGA+ 80x25")),
+            format!(
+                "L2's vgacon took the VGA through the legacy ranges: {:?}",
+                l2.markers("L2:VGACON")
+            ),
+        )?;
+        let vmm = l2.markers("LAB:VMM ");
+        expect(
+            !vmm.iter()
+                .any(|l| l.contains("WARN minivmm") || l.contains("ERROR")),
+            format!("minivmm warned of nothing: {vmm:?}"),
+        )?;
+        expect(
+            l2.has("LAB:SHOT name=vgacon answer=ok"),
+            "the harness took the picture",
+        )?;
+        // Before minivmm: L1's own text on the same VGA (the lab shows what it thinks).
+        let before = run
+            .pictures
+            .iter()
+            .find(|(n, _)| n == "l1-text")
+            .ok_or("a picture of L1's VGA before the run was asked for")?;
+        let before = before.1.as_ref().map_err(|e| e.to_string())?;
+        let l1_text = minivmm_tests::lab::read_text_block(before)?;
+        expect(
+            l1_text.contains("SeaBIOS") && !l1_text.contains("LIT 4711"),
+            format!("L1's VGA showed L1's boot text first, OCR read {l1_text:?}"),
+        )?;
+        let picture = run
+            .pictures
+            .iter()
+            .find(|(n, _)| n == "vgacon")
+            .ok_or("a picture of the VGA was asked for")?;
+        let file = picture.1.as_ref().map_err(|e| e.to_string())?;
+        let text = minivmm_tests::lab::read_text_block(file)?;
+        // L2's boot text (the kernel's last lines before /init) and the words its init
+        // wrote to tty1, on L1's display (words OCR reads well in the VGA font: it takes
+        // its V for a U).
+        for expected in [
+            "GUEST TEXT THROUGH THE LEGACY RANGES",
+            "LIT 4711",
+            "Run /init as init process",
+        ] {
+            expect(
+                text.contains(expected),
+                format!(
+                    "`{expected}` on L1's VGA ({}), OCR read {text:?}",
+                    file.display()
+                ),
+            )?;
+        }
+        Ok(())
+    });
+}
+
 /// `LAB:OUT name ...` lines: the output of one command the scenario ran with `show`.
 fn output<'a>(run: &'a LabRun, name: &str) -> Vec<&'a str> {
     let prefix = format!("LAB:OUT {name} ");

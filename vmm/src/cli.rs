@@ -59,7 +59,7 @@ pub struct Args {
     /// functions of one host slot stay one multi-function device in the guest. Options
     /// after commas: rom=FILE (the VBIOS to serve), rombar=off, vbios=rombar+vfct+atrm+setup
     /// (where the guest finds the image; all four by default with rom=), romcheck=off,
-    /// bus=root (no root port), quirks=off.
+    /// bus=root (no root port), quirks=off, vga=on (the legacy VGA ranges to this device).
     #[arg(long, value_name = "DEVICE[,OPTIONS]")]
     pub gpu: Vec<GpuArg>,
     /// Move each --gpu PCI device to vfio-pci for the run and give it back to its driver

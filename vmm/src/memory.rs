@@ -1,5 +1,7 @@
 //! Guest RAM: anonymous mappings laid out by [`GuestLayout`], registered as KVM memory slots.
 
+use std::ops::Range;
+
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use minivmm_firmware::layout::GuestLayout;
@@ -226,31 +228,77 @@ pub fn from_ranges(ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
     GuestMemory::from_regions(regions).map_err(|e| e.to_string())
 }
 
-/// Register every RAM region as a KVM memory slot, slots 0.. in order.
-pub fn register_slots(vm: &VmFd, memory: &GuestMemory) -> Result<u32, Error> {
+/// Register every RAM region as KVM memory slots, slots 0.. in order, leaving out the guest
+/// ranges in `holes` (a passed-through VGA's legacy window, which must trap): a region a
+/// hole cuts becomes two slots over the same host mapping. Returns the next free slot.
+pub fn register_slots(vm: &VmFd, memory: &GuestMemory, holes: &[Range<u64>]) -> Result<u32, Error> {
     let mut slot = 0;
     for region in memory.iter() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| Error::Map(region.len() >> 20, e.to_string()))?;
-        let mapping = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the mapping belongs to `memory`, which the VM keeps alive for as long as
-        // the VM exists, and no other slot covers the same guest range.
-        unsafe { vm.set_user_memory_region(mapping) }.map_err(|e| Error::Slot(slot, e))?;
-        slot += 1;
+        let start = region.start_addr().0;
+        for piece in without_holes(start..start + region.len(), holes) {
+            let mapping = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: piece.start,
+                memory_size: piece.end - piece.start,
+                userspace_addr: host as u64 + (piece.start - start),
+            };
+            // SAFETY: the piece lies inside the mapping that belongs to `memory`, which the
+            // VM keeps alive for as long as the VM exists, and no other slot covers the same
+            // guest range.
+            unsafe { vm.set_user_memory_region(mapping) }.map_err(|e| Error::Slot(slot, e))?;
+            slot += 1;
+        }
     }
     Ok(slot)
+}
+
+/// `range` less every range of `holes` (page-aligned, as memory slots must be), in order.
+fn without_holes(range: Range<u64>, holes: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut holes: Vec<&Range<u64>> = holes
+        .iter()
+        .filter(|h| h.start < range.end && range.start < h.end)
+        .collect();
+    holes.sort_by_key(|h| h.start);
+    let mut pieces = Vec::new();
+    let mut at = range.start;
+    for hole in holes {
+        if hole.start > at {
+            pieces.push(at..hole.start);
+        }
+        at = at.max(hole.end);
+    }
+    if at < range.end {
+        pieces.push(at..range.end);
+    }
+    pieces
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hole_cuts_a_region_into_the_slots_around_it() {
+        let vga = 0xa_0000..0xc_0000;
+        assert_eq!(
+            without_holes(0..0x1000_0000, std::slice::from_ref(&vga)),
+            vec![0..0xa_0000, 0xc_0000..0x1000_0000]
+        );
+        assert_eq!(
+            without_holes(0x1_0000_0000..0x2_0000_0000, std::slice::from_ref(&vga)),
+            vec![0x1_0000_0000..0x2_0000_0000],
+            "a hole elsewhere leaves the region whole"
+        );
+        assert_eq!(without_holes(0..0x1000, &[]), vec![0..0x1000]);
+        assert_eq!(
+            without_holes(0xb_0000..0xb_1000, std::slice::from_ref(&vga)),
+            Vec::<Range<u64>>::new()
+        );
+    }
 
     fn host_address(ram: &GuestRam, index: usize) -> (u64, usize) {
         let region = ram.iter().nth(index).expect("region");

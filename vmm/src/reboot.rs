@@ -46,6 +46,8 @@ pub struct Reload {
     pub cpus: usize,
     /// VBIOS images for the firmware tables.
     pub vbios: Vec<GuestVbios>,
+    /// A VGA text display is there (the zero page says so).
+    pub vga_text: bool,
     /// The entry point of the first load: a reload must find the same.
     pub entry: u64,
 }
@@ -120,6 +122,7 @@ fn load_again(reload: &mut Reload) -> Result<(), String> {
         cmdline: &reload.cmdline,
         cpus: reload.cpus,
         vbios: &reload.vbios,
+        vga_text: reload.vga_text,
     };
     let boot = loader::load(&reload.memory, &reload.layout, &mut load, kernel)
         .map_err(|e| e.to_string())?;

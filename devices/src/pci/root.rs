@@ -180,6 +180,7 @@ mod tests {
             link: PcieLink::UNKNOWN,
             port_number: secondary_bus,
             interrupt_line: 16,
+            vga: false,
         });
         port.add(0, Box::new(HostBridge::new())).unwrap();
         port

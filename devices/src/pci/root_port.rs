@@ -46,6 +46,8 @@ const INTERRUPT_BRIDGE_CONTROL: u16 = 0x3c;
 /// Bridge control bits the guest may change: parity and SERR response, ISA and VGA
 /// forwarding, master-abort mode, secondary bus reset.
 const BRIDGE_CONTROL_WRITABLE: u32 = 0x007f << 16;
+/// Bridge Control's VGA Enable: the port forwards the legacy VGA ranges.
+const BRIDGE_CONTROL_VGA: u32 = 0x0008 << 16;
 
 /// Where the PCI Express capability sits, and its registers (offsets from it).
 const EXPRESS: u16 = 0x40;
@@ -94,6 +96,9 @@ pub struct RootPortConfig {
     pub port_number: u8,
     /// Interrupt Line as firmware would have written it (the INTA GSI).
     pub interrupt_line: u8,
+    /// The legacy VGA ranges are routed to the device behind it: VGA Enable set in Bridge
+    /// Control, as firmware leaves the path to the boot display.
+    pub vga: bool,
 }
 
 /// Errors placing a function behind a port.
@@ -173,9 +178,10 @@ impl RootPort {
         config.init_dword(PREFETCH_LIMIT_UPPER, upper_limit, !0);
         config.init_dword(CAP_POINTER, u32::from(EXPRESS), 0);
         // INTA: a root port signals its own events (none here) on a pin like any function.
+        let vga_enable = if port.vga { BRIDGE_CONTROL_VGA } else { 0 };
         config.init_dword(
             INTERRUPT_BRIDGE_CONTROL,
-            u32::from(port.interrupt_line) | 0x0100,
+            u32::from(port.interrupt_line) | 0x0100 | vga_enable,
             0xff | BRIDGE_CONTROL_WRITABLE,
         );
         init_express(&mut config, port);
@@ -287,6 +293,7 @@ mod tests {
             link: PcieLink::new(speed::GT16, 16, speed::GT8, 8).unwrap(),
             port_number: 2,
             interrupt_line: 18,
+            vga: false,
         })
     }
 
@@ -294,6 +301,28 @@ mod tests {
         let mut data = [0u8; 4];
         port.config_read(offset, &mut data);
         u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn vga_enable_is_set_only_on_the_path_to_a_routed_vga() {
+        const VGA_ENABLE: u32 = 0x0008_0000;
+        assert_eq!(read32(&mut port(), 0x3c) & VGA_ENABLE, 0);
+        let mut config = port().made_from;
+        config.vga = true;
+        let mut vga = RootPort::new(&config);
+        assert_eq!(read32(&mut vga, 0x3c) & VGA_ENABLE, VGA_ENABLE);
+        vga.config_write(0x3e, &[0]);
+        assert_eq!(
+            read32(&mut vga, 0x3c) & VGA_ENABLE,
+            0,
+            "the guest may turn it off"
+        );
+        vga.reset();
+        assert_eq!(
+            read32(&mut vga, 0x3c) & VGA_ENABLE,
+            VGA_ENABLE,
+            "and a reset back on"
+        );
     }
 
     #[test]
@@ -371,6 +400,7 @@ mod tests {
             link: PcieLink::UNKNOWN,
             port_number: 1,
             interrupt_line: 17,
+            vga: false,
         });
         assert_eq!(read32(&mut port, 0x04) & 0x3, 0);
         assert_eq!(read32(&mut port, 0x1c) & 0xffff, 0x00f0);
@@ -418,6 +448,7 @@ mod tests {
                 link: PcieLink::UNKNOWN,
                 port_number: 9,
                 interrupt_line: 0,
+                vga: false,
             })),
         )
         .unwrap();

@@ -81,19 +81,12 @@ while alive "$pid"; do
     line=$(grep "L2:SCREEN-READY" /tmp/l2.log | sed -n "${served}p")
     name=$(echo "$line" | sed -n 's/.*name=\([^ ]*\).*/\1/p')
     case $name in bochs) device=lit ;; virtio) device=vgpu ;; *) device=none ;; esac
-    echo "LAB:SCREENSHOT name=$name device=$device"
-    if read -r -t 60 answer <&5; then :; else answer=timeout; fi
-    echo "LAB:SHOT name=$name answer=$answer"
+    shot "$name" "$device"
     echo "$answer" >&3
   fi
   usleep 100000
 done
-wait "$pid"
-rc=$?
-exec 3>&-
-cat /tmp/l2.log
-echo
-sed 's/^/LAB:VMM /' /tmp/vmm.err
+end_vmm "$pid"
 grep -q L2:POWEROFF /tmp/l2.log && l2=poweroff || l2=incomplete
 echo "LAB:RESULT gpu-machine rc=$rc l2=$l2"
 [ "$rc" = 0 ] && [ "$l2" = poweroff ] || status=1

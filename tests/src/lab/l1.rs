@@ -22,6 +22,15 @@ pub struct Sockets {
     pub control: PathBuf,
 }
 
+/// What only some scenarios' L1s have (their `lab-needs:` lines).
+#[derive(Debug, Default)]
+pub struct L1Extras<'a> {
+    /// `big-bar`: ivshmem's 8 GiB BAR, backed by this file.
+    pub big_bar: Option<&'a Path>,
+    /// `sole-vga`: no ati-vga, so that VGA alone answers the legacy VGA ranges.
+    pub sole_vga: bool,
+}
+
 /// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
 /// emulated IOMMU with interrupt remapping, and PCI devices to pass through:
 /// - on bus 0: edu, VGA, a two-function pci-testdev at 05.0/05.1 (no ACS, so one IOMMU
@@ -37,14 +46,17 @@ pub struct Sockets {
 /// - with `big_bar`, ivshmem at 0c.0, whose 8 GiB BAR 2 is a sparse file in the run's
 ///   directory.
 ///
-/// Its displays are seen through `screendump` on the monitor socket.
+/// ati-vga is a VGA too: QEMU gives both it and VGA the legacy VGA ranges, and the later one
+/// answers them, so with `sole_vga` it is left out and VGA (L1's boot display) is the one
+/// device behind the legacy ranges. Its displays are seen through `screendump` on the
+/// monitor socket.
 pub fn command(
     kernel: &Path,
     initrd: &Path,
     cmdline: &str,
     log: &Path,
     sockets: &Sockets,
-    big_bar: Option<&Path>,
+    extras: &L1Extras,
 ) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -62,7 +74,7 @@ pub fn command(
         "-device",
         "edu",
         "-device",
-        "VGA",
+        "VGA,id=vga",
         "-device",
         "pci-testdev,addr=05.0,multifunction=on",
         "-device",
@@ -71,8 +83,6 @@ pub fn command(
         "virtio-rng-pci,addr=06.0,iommu_platform=on,disable-legacy=on",
         "-device",
         "bochs-display,romfile=,addr=07.0",
-        "-device",
-        "ati-vga,model=rv100,romfile=,addr=08.0",
         "-device",
         "pcie-root-port,id=rp1,chassis=1,addr=09.0,x-speed=8,x-width=4",
         "-device",
@@ -94,7 +104,10 @@ pub fn command(
         "-device",
         "pci-testdev,addr=0b.2",
     ]);
-    if let Some(file) = big_bar {
+    if !extras.sole_vga {
+        cmd.args(["-device", "ati-vga,model=rv100,romfile=,addr=08.0"]);
+    }
+    if let Some(file) = extras.big_bar {
         cmd.arg("-object")
             .arg(format!(
                 "memory-backend-file,id=big,size=8G,share=on,mem-path={}",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use console::{fields, Markers, Section};
 pub use l1::End;
-pub use screen::read_text;
+pub use screen::{read_text, read_text_block};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -278,14 +278,11 @@ impl Lab {
         };
         // The big BAR's backing file is sparse and only lives for the run.
         let big_bar = needs("big-bar").then(|| run_dir.join("big-bar.mem"));
-        let cmd = l1::command(
-            &self.kernel,
-            &l1,
-            &cmdline,
-            &log_path,
-            &sockets,
-            big_bar.as_deref(),
-        );
+        let extras = l1::L1Extras {
+            big_bar: big_bar.as_deref(),
+            sole_vga: needs("sole-vga"),
+        };
+        let cmd = l1::command(&self.kernel, &l1, &cmdline, &log_path, &sockets, &extras);
         let watched = l1::run_watched(cmd, &log_path, &sockets, opts);
         if let Some(file) = &big_bar {
             let _ = fs::remove_file(file);

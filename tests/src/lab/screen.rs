@@ -83,9 +83,20 @@ impl Control {
 
 /// The text in a picture, as tesseract (OCR) reads it.
 pub fn read_text(picture: &Path) -> Result<String> {
+    tesseract(picture, &[])
+}
+
+/// The text in a picture that is one block of text (a text-mode screen), as tesseract
+/// reads it in that mode (`--psm 6`; its page analysis drops short lines of small fonts).
+pub fn read_text_block(picture: &Path) -> Result<String> {
+    tesseract(picture, &["--psm", "6"])
+}
+
+fn tesseract(picture: &Path, options: &[&str]) -> Result<String> {
     let out = std::process::Command::new("tesseract")
         .arg(picture)
         .arg("-")
+        .args(options)
         .output()
         .context(|| "cannot run tesseract (run tests/lab/prepare)".to_string())?;
     if !out.status.success() {

@@ -143,6 +143,8 @@ pub struct LoadConfig<'a> {
     pub cpus: usize,
     /// VBIOS images to offer through the VFCT table and SETUP_PCI records.
     pub vbios: &'a [GuestVbios],
+    /// A passed-through VGA gets the legacy ranges: say it is in text mode (vgacon).
+    pub vga_text: bool,
 }
 
 /// Load everything else the guest needs into `memory`, around a kernel [`load_kernel`] put
@@ -188,6 +190,7 @@ pub fn load(
         e820: &e820,
         rsdp_addr: tables.rsdp_addr,
         setup_data: firmware.setup_data,
+        vga_text: config.vga_text,
     })?;
     memory
         .write_obj(params, GuestAddress(layout::ZERO_PAGE_START))

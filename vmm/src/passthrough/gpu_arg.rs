@@ -1,6 +1,6 @@
 //! One `--gpu` value: the device, then options after commas.
 //!
-//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root][,quirks=off]`
+//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root][,quirks=off][,vga=on]`
 //! - `rom=FILE`: serve this image as the device's VBIOS instead of the device's own ROM.
 //! - `rombar=off`: show no ROM in the ROM BAR (the image can still go by `vbios=`).
 //! - `vbios=PATHS`: where the guest finds the image, `+`-separated: `rombar` (the PCI ROM
@@ -13,6 +13,9 @@
 //!   `bus=port` (the default) puts it behind a PCIe root port of its own.
 //! - `quirks=off`: leave the vendor windows to config space in the BARs to the device
 //!   (research only: the guest can then reach the host's real configuration through them).
+//! - `vga=on`: route the legacy VGA ranges (memory 0xa0000–0xbffff, ports 0x3b0–0x3bb and
+//!   0x3c0–0x3df) to this VGA-class device through VFIO's VGA region, and tell the guest
+//!   kernel a VGA text console is there (vgacon); one device at most.
 
 use std::path::PathBuf;
 
@@ -64,6 +67,8 @@ pub struct GpuArg {
     pub on_root_bus: bool,
     /// The vendor quirks apply (`quirks=off` turns them off).
     pub quirks: bool,
+    /// `vga=on`: the legacy VGA ranges go to this device.
+    pub vga: bool,
 }
 
 impl std::str::FromStr for GpuArg {
@@ -79,6 +84,7 @@ impl std::str::FromStr for GpuArg {
             skip_id_check: false,
             on_root_bus: false,
             quirks: true,
+            vga: false,
         };
         let mut rom_bar = true;
         let mut vbios = None;
@@ -94,9 +100,11 @@ impl std::str::FromStr for GpuArg {
                 Some(("bus", "port")) => arg.on_root_bus = false,
                 Some(("quirks", "off")) => arg.quirks = false,
                 Some(("quirks", "on")) => arg.quirks = true,
+                Some(("vga", "on")) => arg.vga = true,
+                Some(("vga", "off")) => arg.vga = false,
                 _ => {
                     return Err(format!(
-                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+atrm+setup, romcheck=off, bus=root or quirks=off"
+                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+atrm+setup, romcheck=off, bus=root, quirks=off or vga=on"
                     ))
                 }
             }
@@ -182,6 +190,15 @@ mod tests {
         assert!(!arg.on_root_bus);
         let e = "01:00.0,bus=1".parse::<GpuArg>().unwrap_err();
         assert!(e.contains("bus=root"), "{e}");
+    }
+
+    #[test]
+    fn vga_is_off_unless_turned_on() {
+        assert!(!"01:00.0".parse::<GpuArg>().unwrap().vga);
+        assert!("01:00.0,vga=on".parse::<GpuArg>().unwrap().vga);
+        assert!(!"01:00.0,vga=on,vga=off".parse::<GpuArg>().unwrap().vga);
+        let e = "01:00.0,vga=1".parse::<GpuArg>().unwrap_err();
+        assert!(e.contains("vga=on"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod open;
 mod reset;
 pub mod topology;
 pub mod vfio_function;
+mod vga;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,6 +141,8 @@ pub struct Passthrough {
     pub vbios: Vec<GuestVbios>,
     /// The PCI tree the firmware tables describe: buses and the 64-bit window.
     pub pci: PciLayout,
+    /// A device has the legacy VGA ranges (`vga=on`).
+    pub vga_routed: bool,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -175,6 +178,9 @@ pub struct Attach<'a> {
 /// [`attach`], which checks everything again on what VFIO reports.
 pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
     let sys = Path::new("/sys");
+    vga::check_args(args, |bdf| {
+        crate::host::pci::PciInfo::read(&crate::host::HostRoot::system(), bdf).map(|i| i.class)
+    })?;
     let mut functions = Vec::new();
     let mut needs = Vec::new();
     for arg in args {
@@ -318,6 +324,7 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
             buses: topology::bus_count(&slots),
             mmio64: plan.prefetchable.clone(),
         },
+        vga_routed: false,
     };
     for (slot, placement) in slots.iter().zip(&plan.slots) {
         // Behind a port: the link the slot's first function has on the host.
@@ -335,6 +342,10 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
                 link,
                 port_number: bus,
                 interrupt_line: slot.intx_gsi(1) as u8,
+                vga: slot
+                    .members
+                    .iter()
+                    .any(|(index, _)| args.get(*index).is_some_and(|arg| arg.vga)),
             })
         });
         for ((index, number), function_placement) in slot.members.iter().zip(&placement.functions) {
@@ -343,8 +354,13 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
                 .and_then(Option::take)
                 .ok_or_else(|| Error::Vm("a device was placed twice".into()))?;
             let address = slot.address(*number);
+            let (vga, name) = (device.vga, device.name.clone());
             let (function, vbios) =
                 build_function(device, slot, address, function_placement, link)?;
+            if vga {
+                vga::route(&function, &name, at.buses)?;
+                passthrough.vga_routed = true;
+            }
             let placed = match &mut port {
                 Some(port) => port
                     .add(*number, Box::new(function.clone()))

@@ -36,6 +36,8 @@ pub(super) struct Opened {
     pub(super) setup: bool,
     /// `quirks=`: the vendor quirks apply.
     pub(super) quirks: bool,
+    /// `vga=on`: the legacy VGA ranges go to it.
+    pub(super) vga: bool,
     /// Its INTx pin (0: none).
     pub(super) pin: u8,
     pub(super) needs: FunctionNeeds,
@@ -157,6 +159,7 @@ pub(super) fn open_device(
         vfct: arg.vbios.vfct,
         atrm: arg.vbios.atrm,
         quirks: arg.quirks,
+        vga: arg.vga,
         setup: arg.vbios.setup,
         pin,
         needs,

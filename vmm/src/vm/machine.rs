@@ -9,7 +9,10 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use minivmm_devices::{
     bus::SharedDevice,
     i8042::I8042,
-    pci::{config_io::PciConfigIo, ecam::PciEcam, host_bridge::HostBridge, DevFn, PciRoot},
+    pci::{
+        config_io::PciConfigIo, ecam::PciEcam, host_bridge::HostBridge, passthrough::vga, DevFn,
+        PciRoot,
+    },
     power::{self, AcpiPower},
     serial::{self, ConsoleOut, SerialPort},
 };
@@ -48,7 +51,15 @@ impl Machine {
     ) -> Result<Machine, Error> {
         let vm = Arc::new(create_vm(kvm)?);
         create_irqchip_and_pit(&vm)?;
-        let ram_slots = memory::register_slots(&vm, memory)?;
+        // A passed-through VGA's legacy window must trap, not be RAM.
+        let (start, len) = vga::VGA_MEMORY;
+        let vga_window = start..start + len;
+        let holes = if config.gpus.iter().any(|gpu| gpu.vga) {
+            std::slice::from_ref(&vga_window)
+        } else {
+            &[]
+        };
+        let ram_slots = memory::register_slots(&vm, memory, holes)?;
         log::info!("guest RAM mapped");
         // The console UART's read window takes the last slot; passed-through BARs get the
         // ones between guest RAM and it.

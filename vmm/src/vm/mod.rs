@@ -174,11 +174,12 @@ impl Vm {
             layout.pci = passthrough.pci.clone();
         }
         let vbios = passthrough.as_ref().map_or(&[][..], |p| p.vbios.as_slice());
+        let vga_text = passthrough.as_ref().is_some_and(|p| p.vga_routed);
         let boot = load_guest(
             &memory,
             &layout,
             config,
-            vbios,
+            (vbios, vga_text),
             initramfs_file.as_mut(),
             kernel,
         )?;
@@ -225,6 +226,7 @@ impl Vm {
                     cmdline: config.cmdline.clone(),
                     cpus: config.cpus,
                     vbios: vbios.to_vec(),
+                    vga_text,
                     entry: boot.entry,
                 },
             })
@@ -506,7 +508,7 @@ fn load_guest(
     memory: &GuestMemory,
     layout: &GuestLayout,
     config: &VmConfig,
-    vbios: &[passthrough::GuestVbios],
+    (vbios, vga_text): (&[passthrough::GuestVbios], bool),
     initramfs: Option<&mut loader::BootFile>,
     kernel: loader::LoadedKernel,
 ) -> Result<loader::BootInfo, Error> {
@@ -515,6 +517,7 @@ fn load_guest(
         cmdline: &config.cmdline,
         cpus: config.cpus,
         vbios,
+        vga_text,
     };
     Ok(loader::load(memory, layout, &mut load, kernel)?)
 }

@@ -19,6 +19,7 @@ mod interrupts;
 pub mod quirks;
 #[cfg(test)]
 mod tests;
+pub mod vga;
 
 use std::ops::Range;
 
@@ -134,6 +135,8 @@ pub struct PassthroughFunction<H: HostFunction> {
     msix_routed: Option<Vec<MsiVector>>,
     /// Windows to configuration space in its BARs.
     quirks: Vec<quirks::Quirk>,
+    /// The window to config space in the VGA ports, if the device has one.
+    vga_quirk: Option<vga::VgaQuirk>,
     /// How the guest's machine shows it, kept for a rebuild after a reset.
     setup: KeptSetup,
 }
@@ -188,6 +191,7 @@ impl<H: HostFunction> PassthroughFunction<H> {
             msi_routed: None,
             msix_routed: None,
             quirks: Vec::new(),
+            vga_quirk: None,
             setup: KeptSetup {
                 placement: setup.placement.clone(),
                 interrupt_line: setup.interrupt_line,
@@ -218,6 +222,7 @@ impl<H: HostFunction> PassthroughFunction<H> {
             ]);
             let class = config.get(0x0b).copied().unwrap_or(0);
             self.quirks = quirks::for_function(vendor, class, &self.bars);
+            self.vga_quirk = vga::VgaQuirk::for_function(vendor, class, &self.bars);
         }
         self.virtualize_rom(setup.rom.clone(), &setup.placement);
         let interrupt = dword(&config, usize::from(reg::INTERRUPT));
@@ -307,6 +312,11 @@ impl<H: HostFunction> PassthroughFunction<H> {
     /// The host side, mutably (the VMM finishes wiring it after the model is built).
     pub fn host_mut(&mut self) -> &mut H {
         &mut self.host
+    }
+
+    /// The VGA-port quirk, for the legacy VGA ranges to consult.
+    pub(super) fn vga_quirk_mut(&mut self) -> Option<&mut vga::VgaQuirk> {
+        self.vga_quirk.as_mut()
     }
 
     /// The vendor quirks in force.

@@ -875,3 +875,88 @@ fn a_reset_unmaps_and_silences_the_function_then_rebuilds_it_as_handed_off() {
         "handed off again: decoding on, BARs mapped at their places"
     );
 }
+
+#[test]
+fn legacy_vga_accesses_go_to_vfios_vga_region_at_their_own_addresses() {
+    use super::vga::{VgaTarget, VGA_REGION_INDEX};
+    let host = radeon();
+    let seen = host.seen.clone();
+    let mut function = build(host, 11);
+    function.vga_write(0x3d4, &[0x0e]);
+    function.vga_write(0xb_8000, b"M\x07");
+    let writes = std::mem::take(&mut seen.lock().unwrap().region_writes);
+    assert_eq!(
+        writes,
+        vec![
+            (VGA_REGION_INDEX, 0x3d4, vec![0x0e]),
+            (VGA_REGION_INDEX, 0xb_8000, b"M\x07".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn ati_vga_port_0x3c3_reads_the_guests_io_bar_4() {
+    use super::vga::VgaTarget;
+    let mut function = build(tahiti(), 16);
+    let guest_bar4 = read32(&mut function, 0x20);
+    assert_eq!(guest_bar4 & 1, 1, "an I/O BAR");
+    let mut byte = [0u8];
+    function.vga_read(0x3c3, &mut byte);
+    assert_eq!(byte[0], (guest_bar4 >> 8) as u8);
+    // quirks=off: the device answers (the fake's regions read as index + offset).
+    let mut function = build_with_quirks_off(tahiti());
+    let mut byte = [0xaau8];
+    function.vga_read(0x3c3, &mut byte);
+    assert_eq!(byte[0], 8 + 0xc3);
+}
+
+#[test]
+fn nvidias_vga_port_backdoor_reaches_the_model_not_the_host() {
+    use super::vga::VgaTarget;
+    let host = geforce();
+    let mut function = build(host.clone(), 16);
+    let guest_bar0 = read32(&mut function, 0x10);
+    // Read: 0x338 to 0x3d4, the BAR 0 offset (the mirror's BAR 0 register) to 0x3d0, 0x538.
+    let read16 = |function: &mut PassthroughFunction<FakeHost>, offset: u16| {
+        function.vga_write(0x3d4, &0x338u16.to_le_bytes());
+        function.vga_write(0x3d0, &offset.to_le_bytes());
+        function.vga_write(0x3d4, &0x538u16.to_le_bytes());
+        let mut data = [0u8; 2];
+        function.vga_read(0x3d0, &mut data);
+        u16::from_le_bytes(data)
+    };
+    let low = read16(&mut function, 0x1810);
+    let high = read16(&mut function, 0x1812);
+    assert_eq!(u32::from(low) | u32::from(high) << 16, guest_bar0);
+    assert_ne!(guest_bar0, 0xf600_0000, "not the host's BAR 0");
+    // Write: 0x738 instead; BAR 1's upper half moves in the model, not on the device.
+    host.seen.lock().unwrap().region_writes.clear();
+    function.vga_write(0x3d4, &0x338u16.to_le_bytes());
+    function.vga_write(0x3d0, &0x1816u16.to_le_bytes());
+    function.vga_write(0x3d4, &0x738u16.to_le_bytes());
+    function.vga_write(0x3d0, &0xd000u16.to_le_bytes());
+    assert_eq!(read32(&mut function, 0x14) >> 16, 0xd000);
+    let writes = std::mem::take(&mut host.seen.lock().unwrap().region_writes);
+    assert_eq!(
+        writes,
+        vec![
+            (8, 0x3d4, vec![0x38, 0x03]),
+            (8, 0x3d0, vec![0x16, 0x18]),
+            (8, 0x3d4, vec![0x38, 0x07]),
+        ],
+        "the select steps reach the device, the data write does not"
+    );
+    // Out of order, the sequence is nothing: 0x538 with no window reads the device.
+    function.vga_write(0x3d4, &0x538u16.to_le_bytes());
+    let mut data = [0xaau8; 2];
+    function.vga_read(0x3d0, &mut data);
+    assert_eq!(
+        data,
+        [8 + 0xd0; 2],
+        "the device's own (index + offset in the fake)"
+    );
+}
+
+fn build_with_quirks_off(host: FakeHost) -> PassthroughFunction<FakeHost> {
+    build_full(host, 16, RomSource::None, false, None, false)
+}

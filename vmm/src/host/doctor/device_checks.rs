@@ -35,6 +35,9 @@ pub(super) fn check_device(host: &Host, info: &PciInfo) -> Vec<Check> {
     checks.push(check_reset(host, info));
     checks.push(check_bars(host, info));
     checks.push(check_vbios(host, info));
+    if info.class >> 8 == 0x0300 {
+        checks.push(check_vga(host, info));
+    }
     if host
         .root
         .read(&format!("sys/bus/pci/devices/{}/boot_vga", info.bdf))
@@ -254,6 +257,27 @@ fn check_vbios(host: &Host, info: &PciInfo) -> Check {
         format!("no usable VBIOS: ROM BAR: {why}; no VFCT image or ATRM method for it; the guest driver may report \"Unable to locate a BIOS ROM\""),
         format!("get the image (vendor tools such as amdvbflash or nvflash, or the GPU maker's firmware) and pass --gpu {bdf},rom=FILE"),
     )
+}
+
+/// Whether `vga=on` can route the legacy VGA ranges to this VGA-compatible device:
+/// vfio-pci has the `disable_vga` parameter only when built with VGA support.
+fn check_vga(host: &Host, info: &PciInfo) -> Check {
+    let (status, detail) =
+        match host.root.read("sys/module/vfio_pci/parameters/disable_vga").as_deref() {
+            Some("N") => (
+                Status::Ok,
+                "vga=on can give it the legacy VGA ranges (vfio-pci has VGA support)".to_string(),
+            ),
+            Some(_) => (
+                Status::Skip,
+                "vga=on is not possible: vfio-pci is loaded with disable_vga=1 (load it with disable_vga=0 for vga=on)".to_string(),
+            ),
+            None => (
+                Status::Skip,
+                "vga=on is not possible: vfio-pci has no VGA support here (CONFIG_VFIO_PCI_VGA), or is not loaded".to_string(),
+            ),
+        };
+    device_check(info, "vga", status, detail)
 }
 
 /// The size of a valid image for this device in its ROM BAR, or why there is none.

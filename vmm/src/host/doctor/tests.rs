@@ -343,6 +343,43 @@ fn an_atrm_only_host_is_explained_and_amdgpus_copy_then_named() {
 }
 
 #[test]
+fn doctor_says_whether_vga_on_is_possible_for_a_vga_device_only() {
+    let host = ready_host();
+    host.pci(FakePci {
+        bdf: "0000:00:02.0",
+        ids: (0x1234, 0x1111),
+        class: 0x030000,
+        group: Some(3),
+        driver: Some("vfio-pci"),
+    });
+    host.node("dev/vfio/3", 0o600, 0, 0);
+    let vga = |report: &Report| item(report, "0000:00:02.0", "vga").clone();
+    let report = run_on(&host, &["0000:00:02.0"], 1 << 30);
+    assert_eq!(vga(&report).status, Status::Skip);
+    assert!(
+        vga(&report).detail.contains("CONFIG_VFIO_PCI_VGA"),
+        "{}",
+        vga(&report).detail
+    );
+    host.file("sys/module/vfio_pci/parameters/disable_vga", "Y\n");
+    let report = run_on(&host, &["0000:00:02.0"], 1 << 30);
+    assert!(
+        vga(&report).detail.contains("disable_vga=0"),
+        "{}",
+        vga(&report).detail
+    );
+    host.file("sys/module/vfio_pci/parameters/disable_vga", "N\n");
+    let report = run_on(&host, &["0000:00:02.0"], 1 << 30);
+    assert_eq!(vga(&report).status, Status::Ok);
+    // A display controller that is not VGA-compatible (0380) has no vga item.
+    let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
+    assert!(!report
+        .checks
+        .iter()
+        .any(|c| c.scope == "0000:01:00.0" && c.item == "vga"));
+}
+
+#[test]
 fn a_rom_bar_image_is_checked_against_the_device() {
     let host = ready_host();
     // SeaBIOS's VGA BIOS (Debian's seabios, installed with QEMU by the lab's prepare).
