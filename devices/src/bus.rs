@@ -10,6 +10,8 @@ pub enum Effect {
     PowerOff,
     /// The guest asked for a reboot.
     Reboot,
+    /// The guest wrote its result to the exit device: end the run with this status.
+    Exit(u8),
     /// A UART's transmit-empty interrupt went off (`true`: the guest now polls the line
     /// status before each byte, so transmit writes may be queued) or on (`false`).
     SerialTxPolled(bool),

@@ -92,5 +92,11 @@ fn render(arg: &GpuArg) -> String {
     if arg.on_root_bus {
         text += ",bus=root";
     }
+    if !arg.quirks {
+        text += ",quirks=off";
+    }
+    if arg.vga {
+        text += ",vga=on";
+    }
     text
 }

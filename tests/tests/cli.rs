@@ -222,6 +222,9 @@ fn bad_command_lines_get_one_line_and_status_2() {
         &["bind", "gpu0"],
         &["unbind", "01:00.9"],
         &["doctor", "--memory", "lots"],
+        &["--kernel", "k", "--exit-device", "0xf4"],
+        &["--kernel", "k", "--exit-device", "port=0x3f8"],
+        &["--kernel", "k", "--exit-device", "port=0xfffe"],
     ] {
         let output = Command::new(minivmm()).args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -230,6 +233,64 @@ fn bad_command_lines_get_one_line_and_status_2() {
         assert!(text.starts_with("minivmm: "), "{args:?}: {text}");
         assert!(!text.contains("panicked"), "{args:?}: {text}");
     }
+}
+
+/// Writes `value` (`width` bytes: 1, 2 or 4) to port 0xf4, then spins.
+fn exit_with(value: u32, width: usize) -> Vec<u8> {
+    let mut code = vec![0x66, 0xba, 0xf4, 0x00]; // mov dx, 0xf4
+    match width {
+        1 => code.extend([0xb0, value as u8, 0xee]), // mov al, imm8; out dx, al
+        2 => {
+            code.extend([0x66, 0xb8]); // mov ax, imm16
+            code.extend((value as u16).to_le_bytes());
+            code.extend([0x66, 0xef]); // out dx, ax
+        }
+        _ => {
+            code.push(0xb8); // mov eax, imm32
+            code.extend(value.to_le_bytes());
+            code.push(0xef); // out dx, eax
+        }
+    }
+    code.extend([0xeb, 0xfe]); // jmp $
+    code
+}
+
+#[test]
+fn the_exit_device_turns_the_guests_value_into_the_exit_status() {
+    for (value, width, status) in [(3, 1, 3), (0, 1, 0), (42, 2, 42), (0x1234, 4, 255)] {
+        let kernel = tiny_kernel(&format!("exit-{value}-{width}"), &exit_with(value, width));
+        let output = finish(
+            spawn_with(
+                &kernel,
+                &["--serial", "none", "--exit-device", "port=0xf4"],
+                None,
+            ),
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(status),
+            "{value} in {width} bytes: {}",
+            stderr(&output)
+        );
+        let said = stderr(&output);
+        if status == 0 {
+            assert_eq!(said, "");
+        } else {
+            assert_eq!(
+                said.trim(),
+                format!("minivmm: the guest wrote {status} to the exit device")
+            );
+        }
+    }
+    // Without --exit-device the port is nobody's: the guest spins until stopped.
+    let kernel = tiny_kernel("exit-none", &exit_with(3, 1));
+    let child = spawn_with(&kernel, &["--serial", "none"], None);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling a child we spawned and have not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = finish(child, Duration::from_secs(20));
+    assert_eq!(output.status.code(), Some(128 + libc::SIGTERM));
 }
 
 #[test]

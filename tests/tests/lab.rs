@@ -259,6 +259,24 @@ fn boot_linux_with_one_and_two_vcpus() {
                 format!("{name}: minivmm exits 0"),
             )?;
         }
+        // The exit device: `exit 3` in the guest is minivmm's exit status 3.
+        let exit = run.section("exit-device")?;
+        expect(
+            exit.has("L2:EXIT 3") && !exit.has("L2:EXIT-IGNORED") && !exit.has("L2:POWEROFF"),
+            format!(
+                "exit-device: L2 wrote 3 to port 0xf4 and went no further: {:?}",
+                exit.markers("L2:EXIT")
+            ),
+        )?;
+        expect(
+            exit.field("LAB:RESULT", "rc") == Some("3")
+                && exit.has("LAB:VMM minivmm: the guest wrote 3 to the exit device"),
+            format!(
+                "exit-device: minivmm exits 3 and says why: {:?} {:?}",
+                exit.markers("LAB:RESULT"),
+                exit.markers("LAB:VMM")
+            ),
+        )?;
         Ok(())
     });
 }
@@ -313,7 +331,7 @@ fn bench_against_qemu_time_to_init_and_own_memory() {
         &RunOptions::default(),
         Retry::L1DiedOrTiming,
         |run| {
-            check_flakes(run)?;
+            check_flakes(run, "LAB:BENCH vmm=qemu ")?;
             let field = |vmm: &str, key: &str| number(run, &format!("LAB:BENCH vmm={vmm} "), key);
             let (q_init, q_own) = (field("qemu", "init_ms")?, field("qemu", "own_kib")?);
             let (m_init, m_own) = (field("minivmm", "init_ms")?, field("minivmm", "own_kib")?);
@@ -538,7 +556,7 @@ fn bench_passthrough_against_qemu_time_to_usable_device() {
 
 /// Print the `LAB:FLAKE` lines of a benchmark run, so a re-measured VMM is never silent. The
 /// peer may be measured again; a minivmm guest that did not get there is a failure.
-fn check_flakes(run: &LabRun) -> Checked {
+fn check_flakes(run: &LabRun, qemu_result: &str) -> Checked {
     let flakes = run.markers("LAB:FLAKE ");
     for flake in &flakes {
         println!("{flake}");
@@ -546,12 +564,22 @@ fn check_flakes(run: &LabRun) -> Checked {
     expect(
         !flakes.iter().any(|f| f.contains("minivmm")),
         "every minivmm guest of the benchmark got there the first time",
+    )?;
+    // QEMU's guest failed, and failed again when measured once more: the lab's failure
+    // (QEMU_GUEST_DIED), with nothing of minivmm's to judge against.
+    let qemu_never = run
+        .markers(qemu_result)
+        .last()
+        .is_some_and(|line| line.contains("_ms=NA"));
+    expect(
+        !(qemu_never && flakes.iter().any(|f| f.contains("qemu"))),
+        format!("{QEMU_GUEST_DIED}its guest never got there, twice: {flakes:?}"),
     )
 }
 
 /// The checks of one size of the passthrough benchmark.
 fn bench_passthrough_checks(run: &LabRun, mem: &str) -> Checked {
-    check_flakes(run)?;
+    check_flakes(run, &format!("LAB:PTBENCH vmm=qemu mem={mem} "))?;
     let field =
         |vmm: &str, key: &str| number(run, &format!("LAB:PTBENCH vmm={vmm} mem={mem} "), key);
     let (q, m) = (field("qemu", "usable_ms")?, field("minivmm", "usable_ms")?);
@@ -1548,6 +1576,32 @@ mod retry_rule {
         // minivmm (or its guest) may be what hangs: that fails the test, never retried.
         let log = "LAB:L1-UP uptime=9\nLAB:BEGIN boot\n";
         assert_eq!(l1_died(&run(log, true, silent())), None);
+    }
+
+    #[test]
+    fn a_benchmark_whose_qemu_guest_died_twice_is_the_labs_failure() {
+        let checked = |log: &str| {
+            check_flakes(&run(log, true, End::Exited(Some(0))), "LAB:BENCH vmm=qemu ")
+                .err()
+                .unwrap_or_default()
+        };
+        let what = checked(
+            "LAB:FLAKE vmm=qemu reached no L2:INIT; measuring it once more\n\
+             LAB:BENCH vmm=qemu init_ms=NA own_kib=NA runs_ms=26410,NA\n",
+        );
+        assert!(what.starts_with(QEMU_GUEST_DIED), "{what}");
+        // Once QEMU's second try got there, there is nothing to excuse.
+        let what = checked(
+            "LAB:FLAKE vmm=qemu reached no L2:INIT; measuring it once more\n\
+             LAB:BENCH vmm=qemu init_ms=20000 own_kib=47000 runs_ms=26410,13590\n",
+        );
+        assert_eq!(what, "");
+        // A minivmm guest that needed a second try fails, whatever QEMU did.
+        let what = checked("LAB:FLAKE vmm=minivmm reached no L2:INIT; measuring it once more\n");
+        assert!(
+            what.contains("minivmm guest") && !what.starts_with(QEMU_GUEST_DIED),
+            "{what}"
+        );
     }
 
     #[test]

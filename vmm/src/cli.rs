@@ -92,9 +92,25 @@ pub struct Args {
     /// guest with panic=-1 then ends minivmm when it panics).
     #[arg(long)]
     pub no_reboot: bool,
+    /// A test exit device at I/O port PORT (and the 3 after it): a guest write of value V
+    /// at PORT ends the run, and minivmm exits with status V (above 255: 255). For CI jobs
+    /// run in a guest.
+    #[arg(long, value_name = "port=PORT", value_parser = parse_exit_device)]
+    pub exit_device: Option<u16>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `port=PORT` of `--exit-device`: a port number, decimal or 0x-prefixed hex.
+pub fn parse_exit_device(text: &str) -> Result<u16, String> {
+    let usage = || format!("'{text}' is not port=PORT; use port=0xf4, for example");
+    let port = text.strip_prefix("port=").ok_or_else(usage)?;
+    let parsed = match port.strip_prefix("0x").or_else(|| port.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => port.parse(),
+    };
+    parsed.map_err(|_| usage())
 }
 
 /// A PCI address in the kernel's form, from `0000:01:00.0` or `01:00.0`.
@@ -224,6 +240,9 @@ pub enum Error {
     /// `--user` names nobody.
     #[error("{0}")]
     User(String),
+    /// `--exit-device` on a port something else answers.
+    #[error("--exit-device port={0:#x} is taken by {1}: pick a free port, such as 0xf4")]
+    ExitPortTaken(u16, &'static str),
 }
 
 impl Args {
@@ -241,6 +260,15 @@ impl Args {
         if self.managed.is_some() && self.gpu.is_empty() {
             return Err(Error::ManagedWithoutGpu);
         }
+        if let Some(port) = self.exit_device {
+            let vga = self.gpu.iter().any(|gpu| gpu.vga);
+            // The device takes four ports (writes of 1, 2 or 4 bytes).
+            let owner =
+                (0..4u16).find_map(|i| crate::config::port_owner(port.saturating_add(i), vga));
+            if let Some(owner) = owner {
+                return Err(Error::ExitPortTaken(port, owner));
+            }
+        }
         Ok(VmConfig {
             kernel: self.kernel.ok_or(Error::NoKernel)?,
             initramfs: self.initramfs,
@@ -250,6 +278,7 @@ impl Args {
             serial: self.serial,
             exit_stats: self.exit_stats,
             reboot: !self.no_reboot,
+            exit_port: self.exit_device,
             gpus: self.gpu,
             managed: self.managed,
             sandbox: Sandbox {

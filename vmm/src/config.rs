@@ -68,6 +68,8 @@ pub struct VmConfig {
     pub sandbox: crate::sandbox::Sandbox,
     /// A guest reboot (or triple fault) restarts the guest; `--no-reboot` ends the run.
     pub reboot: bool,
+    /// `--exit-device port=PORT`: where the guest writes its exit status.
+    pub exit_port: Option<u16>,
 }
 
 /// The command line used when none is given: the console on the console UART (MMIO, see
@@ -76,6 +78,39 @@ pub struct VmConfig {
 pub const DEFAULT_CMDLINE: &str = "console=uart8250,mmio,0xfe000000 panic=-1";
 
 /// Parse a size like `512M`, `4G`, `65536K` or a plain byte count.
+/// What already answers at I/O port `port` in the guest, if anything does: minivmm's own
+/// devices, KVM's in-kernel PIC and PIT (which take their ports before minivmm sees them),
+/// the PCI I/O window (BARs may be placed anywhere in it), and with `vga` the VGA ports.
+pub fn port_owner(port: u16, vga: bool) -> Option<&'static str> {
+    use minivmm_firmware::layout;
+    let io_window =
+        layout::PCI_IO_START..=layout::PCI_IO_START.saturating_add(layout::PCI_IO_SIZE - 1);
+    let taken: [(std::ops::RangeInclusive<u16>, &str); 11] = [
+        (0x20..=0x21, "KVM's PIC"),
+        (0xa0..=0xa1, "KVM's PIC"),
+        (0x4d0..=0x4d1, "KVM's PIC (ELCR)"),
+        (0x40..=0x43, "KVM's PIT"),
+        (0x61..=0x61, "KVM's PIT (speaker port)"),
+        (0x60..=layout::I8042_COMMAND_PORT, "the i8042"),
+        (layout::COM1_PORT..=layout::COM1_PORT + 7, "COM1"),
+        (
+            layout::ACPI_SLEEP_CONTROL_PORT..=layout::ACPI_RESET_PORT,
+            "the ACPI registers",
+        ),
+        (
+            layout::PCI_CONFIG_ADDRESS_PORT..=layout::PCI_CONFIG_DATA_PORT + 3,
+            "PCI configuration",
+        ),
+        (io_window, "the PCI I/O window"),
+        (0x3b0..=0x3df, "the VGA ports (vga=on)"),
+    ];
+    taken
+        .into_iter()
+        .filter(|(_, owner)| vga || !owner.contains("vga=on"))
+        .find(|(range, _)| range.contains(&port))
+        .map(|(_, owner)| owner)
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, shift) = match text.char_indices().last() {
@@ -96,6 +131,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_port_must_be_free() {
+        assert_eq!(port_owner(0xf4, false), None);
+        assert_eq!(port_owner(0x501, false), None);
+        assert_eq!(port_owner(0x3f8, false), Some("COM1"));
+        assert_eq!(port_owner(0x42, false), Some("KVM's PIT"));
+        assert_eq!(port_owner(0xcfc, false), Some("PCI configuration"));
+        assert_eq!(port_owner(0xc010, false), Some("the PCI I/O window"));
+        assert_eq!(port_owner(0x3d4, false), None);
+        assert_eq!(port_owner(0x3d4, true), Some("the VGA ports (vga=on)"));
+    }
 
     #[test]
     fn sizes_with_suffixes() {

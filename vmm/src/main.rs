@@ -277,6 +277,11 @@ fn report(finish: Finish) -> ExitCode {
         Finish::Vcpu(_, Outcome::PowerOff | Outcome::Halted | Outcome::Stopped) => {
             ExitCode::SUCCESS
         }
+        Finish::Vcpu(_, Outcome::Exit(0)) => ExitCode::SUCCESS,
+        Finish::Vcpu(_, Outcome::Exit(status)) => {
+            eprintln!("minivmm: the guest wrote {status} to the exit device");
+            ExitCode::from(status)
+        }
         Finish::Vcpu(_, Outcome::Reboot) => {
             eprintln!("minivmm: the guest asked for a reboot; stopping (--no-reboot)");
             ExitCode::SUCCESS

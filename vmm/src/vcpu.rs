@@ -27,6 +27,8 @@ pub enum Outcome {
     PowerOff,
     /// The guest asked to reboot.
     Reboot,
+    /// The guest wrote its result to the exit device (`--exit-device`).
+    Exit(u8),
     /// A vCPU shut down (a triple fault): what happened, where known. Linux's `reboot=t`
     /// reboots this way; a crash does too.
     Shutdown(String),
@@ -66,6 +68,7 @@ fn effect_outcome(effect: Option<Effect>, coalesced: Option<&CoalescedIo>) -> St
     match effect {
         Some(Effect::PowerOff) => Step::Done(Outcome::PowerOff),
         Some(Effect::Reboot) => Step::Done(Outcome::Reboot),
+        Some(Effect::Exit(status)) => Step::Done(Outcome::Exit(status)),
         Some(Effect::SerialTxPolled(polled)) => {
             if let Some(coalesced) = coalesced {
                 coalesced.set_tx_polled(TxZone::Com1, polled);

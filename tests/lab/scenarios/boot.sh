@@ -44,4 +44,16 @@ for console in com1 uart; do
   echo "LAB:RESULT console-input-$console rc=$rc"
   [ "$rc" = 0 ] || status=1
 done
+
+# The exit device: L2 ends by writing 3 to port 0xf4 (l2.exit=3), and minivmm exits 3.
+echo "LAB:BEGIN exit-device"
+timeout -s KILL "$VMM_TIMEOUT" minivmm --exit-device port=0xf4 --kernel "$L2_KERNEL" \
+  --initramfs "$L2_INITRD" --cmdline "$L2_CMDLINE_MINIVMM l2.exit=3" --memory 256M \
+  </dev/null >/tmp/out 2>/tmp/err
+rc=$?
+cat /tmp/out
+echo
+sed 's/^/LAB:VMM /' /tmp/err
+echo "LAB:RESULT exit-device rc=$rc"
+[ "$rc" = 3 ] || status=1
 exit $status

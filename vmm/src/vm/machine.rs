@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use minivmm_devices::{
     bus::SharedDevice,
+    exit_device::{self, ExitDevice},
     i8042::I8042,
     pci::{
         config_io::PciConfigIo, ecam::PciEcam, host_bridge::HostBridge, passthrough::vga, DevFn,
@@ -65,7 +66,7 @@ impl Machine {
         // ones between guest RAM and it.
         let window_slot = (kvm.get_nr_memslots() as u32).saturating_sub(1);
         let uarts = create_uarts(kvm, &vm, &config.serial, window_slot)?;
-        let (buses, root) = create_buses(&uarts)?;
+        let (buses, root) = create_buses(&uarts, config.exit_port)?;
         let buses = Arc::new(buses);
         let passthrough = passthrough::attach(
             &config.gpus,
@@ -153,7 +154,10 @@ fn create_uarts(
     })
 }
 
-fn create_buses(uarts: &Uarts) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
+fn create_buses(
+    uarts: &Uarts,
+    exit_port: Option<u16>,
+) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
     let buses = Buses::default();
     let mut root = PciRoot::new();
     root.add(DevFn::new(0, 0), Box::new(HostBridge::new()))
@@ -173,7 +177,14 @@ fn create_buses(uarts: &Uarts) -> Result<(Buses, Arc<Mutex<PciRoot>>), Error> {
             minivmm_devices::pci::config_io::PORT_COUNT,
         ),
     ];
-    for (device, port, len) in pio {
+    let exit = exit_port.map(|port| -> (SharedDevice, u16, u64) {
+        (
+            Arc::new(Mutex::new(ExitDevice)),
+            port,
+            exit_device::PORT_COUNT,
+        )
+    });
+    for (device, port, len) in pio.into_iter().chain(exit) {
         buses
             .pio
             .insert(device, u64::from(port), len)
