@@ -27,4 +27,5 @@ pub mod supervisor;
 pub mod terminal;
 pub mod vcpu;
 pub mod vcpu_threads;
+pub mod vfio_requests;
 pub mod vm;

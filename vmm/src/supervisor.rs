@@ -110,23 +110,11 @@ pub fn fork_vm() -> Result<Role, String> {
     }
 }
 
-/// The terminal settings of stdin, when it is a terminal (the child may leave it raw if it
-/// is killed).
-fn terminal_settings() -> Option<libc::termios> {
-    // SAFETY: zeroed termios is a valid buffer for tcgetattr to fill; isatty only inspects.
-    unsafe {
-        if libc::isatty(libc::STDIN_FILENO) != 1 {
-            return None;
-        }
-        let mut termios: libc::termios = std::mem::zeroed();
-        (libc::tcgetattr(libc::STDIN_FILENO, &mut termios) == 0).then_some(termios)
-    }
-}
-
 /// Wait for the VM process to end, passing it every stop signal this process receives,
 /// then put the terminal back as it was.
 pub fn supervise(child: libc::pid_t) -> ChildEnd {
-    let terminal = terminal_settings();
+    // The child may leave the terminal raw if it is killed: keep what it was.
+    let terminal = crate::terminal::current_settings();
     let signals = waited_signals();
     let timeout = libc::timespec {
         tv_sec: 1,
@@ -156,9 +144,8 @@ pub fn supervise(child: libc::pid_t) -> ChildEnd {
             unsafe { libc::kill(child, signal) };
         }
     };
-    if let Some(terminal) = terminal {
-        // SAFETY: `terminal` is what tcgetattr returned for this descriptor.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &terminal) };
+    if let Some(terminal) = &terminal {
+        crate::terminal::restore_settings(terminal);
     }
     end
 }

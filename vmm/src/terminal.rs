@@ -15,10 +15,26 @@ pub fn stdin_is_terminal() -> bool {
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
 }
 
+/// Stdin's terminal settings now, when stdin is a terminal.
+pub fn current_settings() -> Option<libc::termios> {
+    if !stdin_is_terminal() {
+        return None;
+    }
+    // SAFETY: zeroed termios is a valid buffer for tcgetattr to fill.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `termios` is a valid, writable termios.
+    (unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } == 0).then_some(termios)
+}
+
+/// Put stdin's terminal back to `settings` (from [`current_settings`]).
+pub fn restore_settings(settings: &libc::termios) {
+    // SAFETY: `settings` is a termios tcgetattr filled for this descriptor.
+    unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, settings) };
+}
+
 fn restore() {
     if let Some(original) = ORIGINAL.get() {
-        // SAFETY: `original` is a termios tcgetattr filled for this descriptor.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
+        restore_settings(original);
     }
 }
 
@@ -28,15 +44,7 @@ impl RawTerminal {
     /// Keystrokes go to the guest byte for byte: no line editing, no echo, and Ctrl-C reaches
     /// the guest instead of killing minivmm. Output processing is left alone.
     pub fn enter() -> Option<RawTerminal> {
-        if !stdin_is_terminal() {
-            return None;
-        }
-        // SAFETY: zeroed termios is a valid buffer for tcgetattr to fill.
-        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: `termios` is a valid, writable termios.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } != 0 {
-            return None;
-        }
+        let mut termios = current_settings()?;
         let _ = ORIGINAL.set(termios);
         let previous_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {

@@ -14,21 +14,13 @@ use std::path::Path;
 use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
 use vfio_ioctls::VfioDevice;
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref};
-use vmm_sys_util::ioctl_io_nr;
 
 use crate::host::reset::{self as plan, ResetPlan};
 use crate::host::HostRoot;
-
-const VFIO_TYPE: u32 = b';' as u32;
-const VFIO_BASE: u32 = 100;
-ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE, VFIO_BASE + 7);
-ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
-ioctl_io_nr!(
-    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
-    VFIO_TYPE,
-    VFIO_BASE + 12
-);
-ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE, VFIO_BASE + 13);
+use crate::vfio_requests::{
+    VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_DEVICE_PCI_HOT_RESET,
+    VFIO_DEVICE_RESET,
+};
 
 /// Words of the hot-reset structures' headers (argsz, flags, count).
 const HEADER_WORDS: usize = 3;
@@ -315,15 +307,6 @@ fn held_groups(fd_dir: &Path) -> BTreeMap<u32, RawFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_ioctl_numbers_are_vfios() {
-        // include/uapi/linux/vfio.h: _IO(';', 100 + n).
-        assert_eq!(VFIO_DEVICE_GET_INFO(), 0x3b6b);
-        assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
-        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(), 0x3b70);
-        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
-    }
 
     #[test]
     fn dependents_are_read_as_the_kernel_writes_them() {

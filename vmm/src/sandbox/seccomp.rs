@@ -21,6 +21,10 @@ use seccompiler::{
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
 use super::SeccompMode;
+use crate::vfio_requests::{
+    VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_DEVICE_PCI_HOT_RESET,
+    VFIO_DEVICE_RESET, VFIO_DEVICE_SET_IRQS, VFIO_GROUP_UNSET_CONTAINER, VFIO_IOMMU_UNMAP_DMA,
+};
 
 /// The threads minivmm starts, each with its own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +38,6 @@ pub enum ThreadKind {
 }
 
 const KVMIO: u32 = 0xae;
-/// VFIO's ioctl type (';') and the base of its request numbers.
-const VFIO_TYPE: u32 = 0x3b;
-const VFIO_BASE: u32 = 100;
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -73,17 +74,6 @@ ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
 ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
 ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
 ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
-ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE, VFIO_BASE + 7);
-ioctl_io_nr!(
-    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
-    VFIO_TYPE,
-    VFIO_BASE + 12
-);
-ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE, VFIO_BASE + 13);
-ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE, VFIO_BASE + 5);
-ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
-ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
-ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
 /// The ioctls each thread may make.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
@@ -385,7 +375,6 @@ mod tests {
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
-        assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(KVM_SET_REGS(), 0x4090_ae82);
         assert_eq!(KVM_SET_SREGS(), 0x4138_ae84);
         assert_eq!(KVM_SET_MSRS(), 0x4008_ae89);
@@ -394,8 +383,6 @@ mod tests {
         assert_eq!(KVM_SET_VCPU_EVENTS(), 0x4040_aea0);
         assert_eq!(KVM_SET_IRQCHIP(), 0x8208_ae63);
         assert_eq!(KVM_SET_PIT2(), 0x4070_aea0);
-        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
-        assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
     }
 
     /// Run `body` on a thread under `kind`'s filter, forbidden calls failing with EPERM
