@@ -342,9 +342,8 @@ fn an_atrm_only_host_is_explained_and_amdgpus_copy_then_named() {
         .contains("ATRM method"));
 }
 
-#[test]
-fn doctor_says_whether_vga_on_is_possible_for_a_vga_device_only() {
-    let host = ready_host();
+/// QEMU's std VGA (1234:1111, class 0300) at 00:02.0, on vfio-pci alone in group 3.
+fn std_vga(host: &FakeHost) {
     host.pci(FakePci {
         bdf: "0000:00:02.0",
         ids: (0x1234, 0x1111),
@@ -353,6 +352,12 @@ fn doctor_says_whether_vga_on_is_possible_for_a_vga_device_only() {
         driver: Some("vfio-pci"),
     });
     host.node("dev/vfio/3", 0o600, 0, 0);
+}
+
+#[test]
+fn doctor_says_whether_vga_on_is_possible_for_a_vga_device_only() {
+    let host = ready_host();
+    std_vga(&host);
     let vga = |report: &Report| item(report, "0000:00:02.0", "vga").clone();
     let report = run_on(&host, &["0000:00:02.0"], 1 << 30);
     assert_eq!(vga(&report).status, Status::Skip);
@@ -385,14 +390,7 @@ fn a_rom_bar_image_is_checked_against_the_device() {
     // SeaBIOS's VGA BIOS (Debian's seabios, installed with QEMU by the lab's prepare).
     let image = std::fs::read("/usr/share/seabios/vgabios-stdvga.bin")
         .expect("install seabios: apt-get install qemu-system-x86");
-    host.pci(FakePci {
-        bdf: "0000:00:02.0",
-        ids: (0x1234, 0x1111),
-        class: 0x030000,
-        group: Some(3),
-        driver: Some("vfio-pci"),
-    });
-    host.node("dev/vfio/3", 0o600, 0, 0);
+    std_vga(&host);
     std::fs::write(host.path("sys/devices/pci0000:00/0000:00:02.0/rom"), &image).unwrap();
     let report = run_on(&host, &["0000:00:02.0"], 1 << 30);
     let vbios = item(&report, "0000:00:02.0", "vbios");
