@@ -15,3 +15,4 @@ pub mod i8042;
 pub mod pci;
 pub mod power;
 pub mod serial;
+pub mod virtio;

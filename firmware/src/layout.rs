@@ -67,6 +67,11 @@ pub const MEM_32BIT_HOLE_START: u64 = 0xc000_0000;
 pub const PCI_MMIO32_START: u64 = MEM_32BIT_HOLE_START;
 /// Size of the 32-bit PCI MMIO window.
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// BARs of minivmm's emulated PCI devices (virtio), fixed at the top of the 32-bit PCI
+/// window; passed-through BARs are placed in the rest of it.
+pub const EMULATED_MMIO_SIZE: u64 = 0x10_0000;
+/// Start of the emulated devices' BARs.
+pub const EMULATED_MMIO_START: u64 = PCI_MMIO32_START + PCI_MMIO32_SIZE - EMULATED_MMIO_SIZE;
 /// PCI Express enhanced configuration space (ECAM / MMCONFIG).
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// Buses ECAM can reach: bus 0 and one behind each root port, and bus 0 has 32 device

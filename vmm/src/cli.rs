@@ -97,6 +97,11 @@ pub struct Args {
     /// run in a guest.
     #[arg(long, value_name = "port=PORT", value_parser = parse_exit_device)]
     pub exit_device: Option<u16>,
+    /// A raw disk image (file or block device) as a virtio-blk disk: /dev/vda for the
+    /// first, /dev/vdb for the next. Repeat for more. readonly=on refuses the guest's
+    /// writes (and lets other processes read the image too).
+    #[arg(long, value_name = "PATH[,readonly=on]")]
+    pub disk: Vec<crate::config::DiskArg>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -279,6 +284,7 @@ impl Args {
             exit_stats: self.exit_stats,
             reboot: !self.no_reboot,
             exit_port: self.exit_device,
+            disks: self.disk,
             gpus: self.gpu,
             managed: self.managed,
             sandbox: Sandbox {
@@ -295,6 +301,7 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DiskArg;
 
     fn parse(args: &[&str]) -> Result<VmConfig, String> {
         let args = Args::try_parse_from(std::iter::once("minivmm").chain(args.iter().copied()))
@@ -339,6 +346,35 @@ mod tests {
         assert_eq!(with(&["--managed"]), Ok(Some(ManagedScope::Device)));
         assert_eq!(with(&["--managed=group"]), Ok(Some(ManagedScope::Group)));
         assert!(with(&["--managed=all"]).is_err());
+    }
+
+    #[test]
+    fn disks_are_repeatable_and_may_be_read_only() {
+        let config = parse(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "root.img",
+            "--disk",
+            "/data/b.img,readonly=on",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.disks,
+            [
+                DiskArg {
+                    path: "root.img".into(),
+                    readonly: false
+                },
+                DiskArg {
+                    path: "/data/b.img".into(),
+                    readonly: true
+                }
+            ]
+        );
+        let refused = |arg: &str| parse(&["--kernel", "k", "--disk", arg]).unwrap_err();
+        assert!(refused("a.img,cache=none").contains("the one option is readonly=on"));
+        assert!(refused(",readonly=on").contains("names no image"));
     }
 
     #[test]

@@ -70,6 +70,45 @@ pub struct VmConfig {
     pub reboot: bool,
     /// `--exit-device port=PORT`: where the guest writes its exit status.
     pub exit_port: Option<u16>,
+    /// `--disk`: raw images the guest sees as virtio-blk disks.
+    pub disks: Vec<DiskArg>,
+}
+
+/// `--disk PATH[,readonly=on]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskArg {
+    /// The raw image (a file or a block device).
+    pub path: PathBuf,
+    /// The guest may only read it.
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for DiskArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("'{text}' names no image; use --disk PATH[,readonly=on]"))?;
+        let mut readonly = false;
+        for option in parts {
+            readonly = match option {
+                "readonly=on" | "readonly" => true,
+                "readonly=off" => false,
+                _ => {
+                    return Err(format!(
+                        "unknown --disk option '{option}'; the one option is readonly=on"
+                    ))
+                }
+            };
+        }
+        Ok(DiskArg {
+            path: PathBuf::from(path),
+            readonly,
+        })
+    }
 }
 
 /// The command line used when none is given: the console on the console UART (MMIO, see

@@ -151,6 +151,8 @@ pub struct Machine {
     pub root: Arc<Mutex<PciRoot>>,
     /// KVM's coalesced ring, when there is one.
     pub coalesced: Option<Arc<CoalescedIo>>,
+    /// The disks.
+    pub disks: crate::disks::Resetter,
     /// Guest RAM is DMA-mapped (pinned) for passed-through devices.
     pub pinned: bool,
 }
@@ -200,6 +202,7 @@ impl Rebooter {
             log::debug!("reboot: passed-through devices reset");
         }
         lock(&machine.root).reset_ports();
+        machine.disks.reset();
         if let Effect::SerialTxPolled(polled) = lock(&machine.com1).reset() {
             if let Some(coalesced) = &machine.coalesced {
                 coalesced.set_tx_polled(TxZone::Com1, polled);

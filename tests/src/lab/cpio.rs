@@ -60,6 +60,28 @@ impl Tree {
         Ok(())
     }
 
+    /// Writes the tree out as a directory `dest` (emptied first), for tools that take a
+    /// directory, such as `mke2fs -d`.
+    pub fn write_dir(&self, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            fs::remove_dir_all(dest).context(|| format!("cannot empty {}", dest.display()))?;
+        }
+        fs::create_dir_all(dest).context(|| format!("cannot create {}", dest.display()))?;
+        for (path, node) in &self.nodes {
+            let at = dest.join(path);
+            let done = match node {
+                Node::Dir => fs::create_dir_all(&at),
+                Node::File { source, mode } => fs::copy(source, &at)
+                    .and_then(|_| fs::set_permissions(&at, fs::Permissions::from_mode(*mode))),
+                Node::Data { bytes, mode } => fs::write(&at, bytes)
+                    .and_then(|()| fs::set_permissions(&at, fs::Permissions::from_mode(*mode))),
+                Node::Symlink(target) => std::os::unix::fs::symlink(target, &at),
+            };
+            done.context(|| format!("cannot write {}", at.display()))?;
+        }
+        Ok(())
+    }
+
     /// Adds the host file at the same absolute path inside the tree.
     pub fn copy_same(&mut self, source: &Path) -> Result<()> {
         let path = source

@@ -33,6 +33,9 @@ pub const L2_DISPLAY_MODULES: &[&str] = &[
     "snd_hda_codec_generic",
 ];
 
+/// Modules L2 needs to mount its root filesystem from a virtio-blk disk.
+pub const L2_DISK_MODULES: &[&str] = &["virtio_blk", "ext4", "crc32c_generic"];
+
 /// Firmware QEMU reads to boot a Linux guest on q35 with -nodefaults (found by trying).
 const QEMU_FIRMWARE: &[&str] = &[
     "/usr/share/seabios/bios-256k.bin",

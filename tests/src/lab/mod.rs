@@ -259,11 +259,17 @@ impl Lab {
             radeon: needs("radeon"),
             display: needs("display"),
             lspci: needs("lspci"),
+            disk: needs("disk"),
         };
         let l2_initramfs_bytes = self.l2_initramfs(&l2, &extras)?;
+        let root_image = if extras.disk {
+            Some(self.l2_root_image(&run_dir, &extras)?)
+        } else {
+            None
+        };
         let l1 = run_dir.join("l1.cpio.gz");
         let with_qemu = needs("qemu");
-        let l1_initramfs_bytes = self.l1_initramfs(&l2, with_qemu, &l1)?;
+        let l1_initramfs_bytes = self.l1_initramfs(&l2, root_image.as_deref(), with_qemu, &l1)?;
         let build = built.elapsed();
 
         let mut cmdline =
@@ -305,13 +311,57 @@ impl Lab {
     /// L2: busybox, `l2-init`, the scripts it runs and the modules its device tests load;
     /// what only some scenarios need comes with their `lab-needs:` lines (`extras`).
     fn l2_initramfs(&self, dest: &Path, extras: &L2Extras) -> Result<u64> {
-        let mut tree = image::busybox_tree(&self.busybox, &self.dir.join("l2-init"))?;
+        self.l2_tree(&self.dir.join("l2-init"), extras)?
+            .write_gz(dest)
+    }
+
+    /// L2's root filesystem on a disk (`lab-needs: disk`): the initramfs's tree with
+    /// `l2-rootfs-init` as its /init, as an ext4 image of 64 MiB made by mke2fs.
+    fn l2_root_image(&self, run_dir: &Path, extras: &L2Extras) -> Result<PathBuf> {
+        let tree = self.l2_tree(&self.dir.join("l2-rootfs-init"), extras)?;
+        let dir = run_dir.join("l2-rootfs");
+        tree.write_dir(&dir)?;
+        let image = run_dir.join("l2-root.img");
+        let _ = fs::remove_file(&image);
+        let status = Command::new("mke2fs")
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-O",
+                "^metadata_csum",
+                "-L",
+                "l2root",
+                "-d",
+            ])
+            .arg(&dir)
+            .arg(&image)
+            .arg("64M")
+            .status()
+            .context(|| "cannot run mke2fs (run tests/lab/prepare)".to_string())?;
+        if !status.success() {
+            return Err(format!(
+                "mke2fs could not make {}: {status}",
+                image.display()
+            ));
+        }
+        let _ = fs::remove_dir_all(&dir);
+        Ok(image)
+    }
+
+    /// The tree of L2's initramfs (or of its disk), with `init` as /init.
+    fn l2_tree(&self, init: &Path, extras: &L2Extras) -> Result<cpio::Tree> {
+        let mut tree = image::busybox_tree(&self.busybox, init)?;
         let mut modules = image::L2_MODULES.to_vec();
         if extras.radeon {
             modules.push("radeon");
         }
         if extras.display {
             modules.extend(image::L2_DISPLAY_MODULES);
+        }
+        if extras.disk {
+            modules.extend(image::L2_DISK_MODULES);
         }
         image::add_modules(&mut tree, &self.kernel_root, &self.kernel_version, &modules)?;
         for script in ["l2-devices", "l2-machine"] {
@@ -322,11 +372,17 @@ impl Lab {
         if extras.lspci {
             image::add_lspci(&mut tree)?;
         }
-        tree.write_gz(dest)
+        Ok(tree)
     }
 
     /// L1: busybox, `l1-init`, modules, minivmm, the L2 images, the scenarios, maybe QEMU.
-    fn l1_initramfs(&self, l2_initramfs: &Path, with_qemu: bool, dest: &Path) -> Result<u64> {
+    fn l1_initramfs(
+        &self,
+        l2_initramfs: &Path,
+        root_image: Option<&Path>,
+        with_qemu: bool,
+        dest: &Path,
+    ) -> Result<u64> {
         let mut tree = image::busybox_tree(&self.busybox, &self.dir.join("l1-init"))?;
         image::add_modules(
             &mut tree,
@@ -344,6 +400,9 @@ impl Lab {
         tree.copy_same(Path::new("/usr/share/seabios/vgabios-ati.bin"))?;
         tree.copy("lab/l2/bzImage", &self.kernel)?;
         tree.copy("lab/l2/initrd.gz", l2_initramfs)?;
+        if let Some(image) = root_image {
+            tree.copy("lab/l2/root.img", image)?;
+        }
         tree.copy("lab/lab.sh", &self.dir.join("lab.sh"))?;
         let scenarios = self.dir.join("scenarios");
         let entries =
@@ -376,6 +435,9 @@ struct L2Extras {
     display: bool,
     /// `lspci`: pciutils' lspci with its libraries and the PCI ID database.
     lspci: bool,
+    /// `disk`: virtio-blk and ext4, and a root filesystem image for L2 (in L1 at
+    /// /lab/l2/root.img).
+    disk: bool,
 }
 
 /// Adds what was being done to an error.

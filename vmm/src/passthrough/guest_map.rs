@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 
-use super::gsi::GsiRouter;
+use crate::gsi::GsiRouter;
 use crate::vcpu::Buses;
 
 /// Guest ranges no BAR may cover, besides RAM: ECAM, the IOAPIC and LAPIC pages.
@@ -53,7 +53,7 @@ pub struct GuestMap {
     /// functions this map, so a strong reference would keep all of it (and the VFIO device
     /// files) alive after the VM is dropped.
     buses: Weak<Buses>,
-    router: Mutex<GsiRouter>,
+    router: Arc<Mutex<GsiRouter>>,
     slots: Mutex<SlotPool>,
     ram: Vec<Range<u64>>,
 }
@@ -64,16 +64,18 @@ impl GuestMap {
         self.buses.upgrade()
     }
 
-    /// The map of a VM whose RAM is `ram` in slots `0..first_free_slot`.
+    /// The map of a VM whose RAM is `ram` in slots `0..first_free_slot`, its MSI routes in
+    /// the VM's `router`.
     pub fn new(
         vm: Arc<VmFd>,
         buses: Arc<Buses>,
+        router: Arc<Mutex<GsiRouter>>,
         ram: Vec<Range<u64>>,
         first_free_slot: u32,
         slot_limit: u32,
     ) -> Self {
         GuestMap {
-            router: Mutex::new(GsiRouter::new(vm.clone())),
+            router,
             vm,
             buses: Arc::downgrade(&buses),
             slots: Mutex::new(SlotPool {

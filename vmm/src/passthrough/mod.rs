@@ -11,7 +11,6 @@
 //! all of it. [`preflight`] runs the placement on what sysfs shows before anything is opened.
 
 pub mod gpu_arg;
-pub mod gsi;
 pub mod guest_map;
 pub mod host_device;
 mod open;
@@ -36,6 +35,7 @@ use minivmm_firmware::option_rom;
 use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
+use crate::gsi::GsiRouter;
 use crate::host::resources::{host_bars, upstream_link};
 use crate::memory::GuestMemory;
 use crate::vcpu::Buses;
@@ -160,6 +160,8 @@ pub struct Attach<'a> {
     pub vm: &'a Arc<VmFd>,
     /// Its buses (traps go there).
     pub buses: &'a Arc<Buses>,
+    /// The VM's GSI routing table.
+    pub router: &'a Arc<Mutex<GsiRouter>>,
     /// The PCI tree (bus 0; root ports go there).
     pub root: &'a mut PciRoot,
     /// The guest's address map.
@@ -258,7 +260,8 @@ pub fn root_windows(layout: &GuestLayout) -> RootWindows {
     let io = u64::from(layout::PCI_IO_START);
     RootWindows {
         io: io..io + u64::from(layout::PCI_IO_SIZE),
-        memory: layout::PCI_MMIO32_START..layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE,
+        // The top of the 32-bit window holds the emulated devices' BARs.
+        memory: layout::PCI_MMIO32_START..layout::EMULATED_MMIO_START,
         prefetchable_start: layout.mmio64_start,
         address_bits: layout.address_bits,
     }
@@ -286,6 +289,7 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
     let map = Arc::new(GuestMap::new(
         at.vm.clone(),
         at.buses.clone(),
+        at.router.clone(),
         ram,
         at.ram_slots,
         at.slot_limit,

@@ -21,8 +21,8 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::gsi::{GsiRouter, MsiRoute};
 use super::guest_map::GuestMap;
+use crate::gsi::{GsiRouter, MsiRoute};
 
 /// The passed-through function as the VMM shares it (PCI root and BAR traps).
 pub type SharedFunction = Arc<Mutex<PassthroughFunction<VfioFunction>>>;

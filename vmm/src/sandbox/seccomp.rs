@@ -10,9 +10,9 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_coalesced_mmio_zone, kvm_debugregs, kvm_device_attr, kvm_fpu, kvm_irq_routing, kvm_irqchip,
-    kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
+    kvm_coalesced_mmio_zone, kvm_debugregs, kvm_device_attr, kvm_fpu, kvm_ioeventfd,
+    kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -35,6 +35,9 @@ pub enum ThreadKind {
     Vcpu,
     /// The kernel loader and the decoding threads it starts: files in, guest memory out.
     Loader,
+    /// A disk's I/O thread: its image read and written at offsets into guest memory,
+    /// flushed, and eventfds (the queue's, the irqfds).
+    Disk,
 }
 
 const KVMIO: u32 = 0xae;
@@ -49,6 +52,7 @@ ioctl_iow_nr!(
 );
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(
     KVM_REGISTER_COALESCED_MMIO,
     KVMIO,
@@ -77,15 +81,16 @@ ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
 
 /// The ioctls each thread may make.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
-    // A vCPU's exits reach the devices: BAR moves change memory slots, MSI programming
-    // changes GSI routes, irqfds and VFIO's interrupt set-up, the COM1 transmit zone goes
-    // on and off, and a failing vCPU reports its registers.
+    // A vCPU's exits reach the devices: BAR moves change memory slots (and a disk's notify
+    // ioeventfd), MSI programming changes GSI routes, irqfds and VFIO's interrupt set-up,
+    // the COM1 transmit zone goes on and off, and a failing vCPU reports its registers.
     let vcpu = [
         KVM_RUN(),
         KVM_GET_REGS(),
         KVM_SET_USER_MEMORY_REGION(),
         KVM_SET_GSI_ROUTING(),
         KVM_IRQFD(),
+        KVM_IOEVENTFD(),
         KVM_REGISTER_COALESCED_MMIO(),
         KVM_UNREGISTER_COALESCED_MMIO(),
         VFIO_DEVICE_SET_IRQS(),
@@ -104,13 +109,14 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     // The main thread restores the terminal and tears the VM down: interrupts off, BAR
     // slots removed, DMA unmapped. For a guest reboot it also resets the devices (through
     // their bus when they must be) and the interrupt chips, and switches the console
-    // UART's coalesced zone.
+    // UART's coalesced zone, and puts the disks' BARs back where they were placed.
     let main = [
         libc::TCGETS,
         libc::TCSETS,
         KVM_SET_USER_MEMORY_REGION(),
         KVM_SET_GSI_ROUTING(),
         KVM_IRQFD(),
+        KVM_IOEVENTFD(),
         KVM_REGISTER_COALESCED_MMIO(),
         KVM_UNREGISTER_COALESCED_MMIO(),
         KVM_SET_DEVICE_ATTR(),
@@ -127,7 +133,7 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     let list: &[libc::c_ulong] = match kind {
         ThreadKind::Vcpu => &vcpu,
         ThreadKind::Main => &main,
-        ThreadKind::Loader => &[],
+        ThreadKind::Loader | ThreadKind::Disk => &[],
     };
     list.iter()
         .map(|&request| u64::from(request as u32))
@@ -186,6 +192,15 @@ fn specific(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_rseq,
             libc::SYS_prctl,
             libc::SYS_sched_getaffinity,
+        ],
+        ThreadKind::Disk => &[
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_preadv2,
+            libc::SYS_pwritev2,
+            libc::SYS_fdatasync,
         ],
     }
 }
@@ -375,6 +390,7 @@ mod tests {
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(KVM_IOEVENTFD(), 0x4040_ae79);
         assert_eq!(KVM_SET_REGS(), 0x4090_ae82);
         assert_eq!(KVM_SET_SREGS(), 0x4138_ae84);
         assert_eq!(KVM_SET_MSRS(), 0x4008_ae89);
@@ -426,7 +442,12 @@ mod tests {
 
     #[test]
     fn no_thread_may_map_executable_memory() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Loader] {
+        for kind in [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Loader,
+            ThreadKind::Disk,
+        ] {
             let (data, code) = under_filter(kind, || {
                 let map = |prot| {
                     // SAFETY: a fresh anonymous mapping, unmapped right away when made.
@@ -472,6 +493,30 @@ mod tests {
             errno_of(unsafe { libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY) } as i64)
         });
         assert_eq!(open, libc::EPERM);
+    }
+
+    #[test]
+    fn a_disk_thread_reads_and_writes_at_offsets_and_flushes_but_opens_nothing() {
+        let (io, flush, open, ioctl) = under_filter(ThreadKind::Disk, || {
+            let mut byte = [0u8; 1];
+            let iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            // SAFETY: system calls on an invalid descriptor, with a live one-byte iovec.
+            unsafe {
+                (
+                    errno_of(libc::preadv(-1, &iov, 1, 0) as i64)
+                        + errno_of(libc::pwritev(-1, &iov, 1, 0) as i64),
+                    errno_of(libc::fdatasync(-1) as i64),
+                    errno_of(libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64),
+                    errno_of(libc::ioctl(-1, KVM_RUN()) as i64),
+                )
+            }
+        });
+        assert_eq!(io, 2 * libc::EBADF, "preadv and pwritev reach the kernel");
+        assert_eq!(flush, libc::EBADF, "fdatasync reaches the kernel");
+        assert_eq!((open, ioctl), (libc::EPERM, libc::EPERM));
     }
 
     #[test]

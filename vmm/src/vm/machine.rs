@@ -23,13 +23,17 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{create_irqchip_and_pit, create_vm, io, Error};
 use crate::config::{SerialMode, VmConfig};
 use crate::console_uart::ConsoleUart;
+use crate::disks::{self, Disks};
+use crate::gsi::GsiRouter;
 use crate::memory::{self, GuestMemory};
 use crate::passthrough::{self, Passthrough};
 use crate::vcpu::Buses;
 
 /// The VM and its devices: everything [`Vm::build`] makes while the kernel loads.
 pub(super) struct Machine {
-    // Field order is drop order, as in [`Vm`]: passed-through devices go before the VM.
+    // Field order is drop order, as in [`Vm`]: disks and passed-through devices go before
+    // the VM.
+    pub(super) disks: Disks,
     pub(super) passthrough: Option<Passthrough>,
     pub(super) buses: Arc<Buses>,
     pub(super) root: Arc<Mutex<PciRoot>>,
@@ -49,6 +53,7 @@ impl Machine {
         config: &VmConfig,
         layout: &GuestLayout,
         memory: &GuestMemory,
+        images: Vec<disks::OpenImage>,
     ) -> Result<Machine, Error> {
         let vm = Arc::new(create_vm(kvm)?);
         create_irqchip_and_pit(&vm)?;
@@ -68,11 +73,13 @@ impl Machine {
         let uarts = create_uarts(kvm, &vm, &config.serial, window_slot)?;
         let (buses, root) = create_buses(&uarts, config.exit_port)?;
         let buses = Arc::new(buses);
+        let router = Arc::new(Mutex::new(GsiRouter::new(vm.clone())));
         let passthrough = passthrough::attach(
             &config.gpus,
             passthrough::Attach {
                 vm: &vm,
                 buses: &buses,
+                router: &router,
                 root: &mut root.lock().unwrap_or_else(|e| e.into_inner()),
                 layout,
                 memory,
@@ -80,7 +87,18 @@ impl Machine {
                 slot_limit: window_slot,
             },
         )?;
+        // Disks take the bus-0 slots the passed-through devices left.
+        let disks = disks::attach(
+            images,
+            disks::Attach {
+                vm: &vm,
+                buses: &buses,
+                root: &mut root.lock().unwrap_or_else(|e| e.into_inner()),
+                router: &router,
+            },
+        )?;
         Ok(Machine {
+            disks,
             passthrough,
             buses,
             root,

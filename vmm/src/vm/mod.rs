@@ -15,6 +15,7 @@ use crate::config::{SerialMode, VmConfig};
 use crate::console_uart;
 use crate::cpu::snapshot::{ChipsSnapshot, VcpuSnapshot};
 use crate::cpu::{self, cpuid, msrs, regs};
+use crate::disks::{self, Disks};
 use crate::event_loop::{ConsoleInput, ExitWatcher, Finish, RunState, SignalFd, StdinForwarder};
 use crate::loader::{self, LoadConfig};
 use crate::memory::{self, GuestMemory, GuestRam};
@@ -67,6 +68,9 @@ pub enum Error {
     /// `--gpu`.
     #[error(transparent)]
     Passthrough(#[from] passthrough::Error),
+    /// `--disk`.
+    #[error(transparent)]
+    Disk(#[from] crate::disks::Error),
     /// vCPU threads that did not stop: the VM was leaked, and the process must end.
     #[error("vCPU thread(s) {stuck:?} did not stop within {grace} s of the end of the run ({finish:?}); ending the process without freeing what they use", stuck = .0, finish = .1, grace = STOP_GRACE.as_secs())]
     VcpusStuck(Vec<usize>, Finish),
@@ -87,6 +91,8 @@ pub struct Vm {
     /// What a guest reboot needs (`None` with `--no-reboot`).
     reboot: Option<RebootParts>,
     coalesced: Option<Arc<CoalescedIo>>,
+    /// Disks: their I/O threads stop before guest RAM goes.
+    disks: Disks,
     /// Passed-through devices: released (DMA unmapped) before guest RAM goes.
     passthrough: Option<Passthrough>,
     _vm: Arc<VmFd>,
@@ -135,6 +141,7 @@ impl Vm {
             .as_deref()
             .map(|path| loader::BootFile::open("initramfs", path))
             .transpose()?;
+        let images = disks::open(&config.disks)?;
         // Decompressing the kernel is the longest step (seconds under nested virtualization):
         // it runs on its own thread while the VM and its devices, passthrough included, are
         // built; if they fail, the loader is told to stop.
@@ -150,7 +157,7 @@ impl Vm {
                     Ok::<_, Error>(loader::load_kernel(&memory, &kernel_file, &abandon)?)
                 })
                 .map_err(io("cannot start the kernel-loader thread"))?;
-            let machine = Machine::create(&kvm, config, &layout, &memory);
+            let machine = Machine::create(&kvm, config, &layout, &memory, images);
             if machine.is_err() {
                 abandon.store(true, Ordering::Relaxed);
             }
@@ -163,6 +170,7 @@ impl Vm {
             Ok::<_, Error>((machine?, kernel?))
         })?;
         let Machine {
+            disks,
             vm,
             uarts,
             buses,
@@ -216,6 +224,7 @@ impl Vm {
                     console: uarts.console.clone(),
                     root: root.clone(),
                     coalesced: coalesced.clone(),
+                    disks: disks.resetter(),
                     pinned: passthrough.is_some(),
                 },
                 reload: reboot::Reload {
@@ -254,6 +263,7 @@ impl Vm {
             snapshots,
             reboot,
             coalesced,
+            disks,
             passthrough,
             _vm: vm,
             _memory: memory,
@@ -302,6 +312,9 @@ impl Vm {
         });
         // Everything that needs root is open or done: the guest runs without it.
         self.sandbox.drop_privileges().map_err(Error::Sandbox)?;
+        self.disks
+            .start(&self._memory, self.sandbox)
+            .map_err(io("cannot start a disk's I/O thread"))?;
         if sandbox::injected_fault() == Some(Fault::WriteSysfs) {
             sandbox::try_writing_sysfs();
         }

@@ -1,5 +1,6 @@
 //! The VM's GSI routing table: the in-kernel PIC and IOAPIC pins, plus one MSI route per
-//! passed-through vector. KVM_SET_GSI_ROUTING replaces the whole table, so the irqchip
+//! vector of a passed-through or emulated function (one table for the VM: both kinds of
+//! device share it). KVM_SET_GSI_ROUTING replaces the whole table, so the irqchip
 //! routes KVM installs by default are written back each time.
 
 use std::collections::BTreeMap;
