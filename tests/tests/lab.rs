@@ -383,6 +383,17 @@ fn bench_against_qemu_time_to_init_and_own_memory() {
 fn passthrough_edu_and_vga_with_vfio() {
     lab_test("passthrough", |run| {
         let pt = run.section("passthrough")?;
+        expect(
+            pt.has("L2:ROOT-MOUNTED /dev/vda")
+                && pt
+                    .markers("L2:ROOT ")
+                    .iter()
+                    .any(|l| l.contains("/dev/vda / ext4 rw")),
+            format!(
+                "L2 runs from its root disk beside the passed-through devices: {:?}",
+                pt.markers("L2:ROOT")
+            ),
+        )?;
         let rc = pt.field("LAB:RESULT", "rc");
         expect(rc == Some("0"), format!("minivmm exits 0, got rc={rc:?}"))?;
         expect(pt.has("L2:POWEROFF"), "L2 powered off")?;

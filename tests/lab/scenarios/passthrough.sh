@@ -1,6 +1,8 @@
+# lab-needs: disk
 # Passes L1's edu and VGA devices through to L2 with minivmm: binds them to vfio-pci, boots
-# L2 (whose l2-devices script drives them), and records minivmm's exit code, its exit
-# statistics and its --trace bar,irq lines. Then the clean-error cases: a device not on
+# L2 from its root disk (virtio-blk, root=/dev/vda; its l2-devices script drives the
+# devices), and records minivmm's exit code, its exit statistics and its --trace bar,irq
+# lines. Then the clean-error cases: a device not on
 # vfio-pci, an address with no device, no permission on /dev/vfio/N, a device in use.
 . /lab/lab.sh
 set -o pipefail
@@ -43,9 +45,10 @@ done
 
 echo "LAB:BEGIN passthrough"
 start=$(now_ms)
+cp /lab/l2/root.img /tmp/root.img
 timeout -s KILL "$VMM_TIMEOUT" minivmm --gpu "$edu" --gpu "$vga" --gpu $mf0 --gpu 00:05.1 --gpu $rng \
-  --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-  --cmdline "$L2_CMDLINE l2.devices=1 memmap=1M\$0x8000000" --memory 256M \
+  --disk /tmp/root.img --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+  --cmdline "$L2_CMDLINE root=/dev/vda l2.devices=1 memmap=1M\$0x8000000" --memory 256M \
   --exit-stats --trace bar,irq </dev/null 2>/tmp/vmm.err | tee /tmp/l2.log
 rc=$?
 echo

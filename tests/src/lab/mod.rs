@@ -315,10 +315,11 @@ impl Lab {
             .write_gz(dest)
     }
 
-    /// L2's root filesystem on a disk (`lab-needs: disk`): the initramfs's tree with
-    /// `l2-rootfs-init` as its /init, as an ext4 image of 64 MiB made by mke2fs.
+    /// L2's root filesystem on a disk (`lab-needs: disk`): the initramfs's own tree (its
+    /// /init, mounting the disk from the initramfs, runs the rest from there), as an ext4
+    /// image of 64 MiB made by mke2fs.
     fn l2_root_image(&self, run_dir: &Path, extras: &L2Extras) -> Result<PathBuf> {
-        let tree = self.l2_tree(&self.dir.join("l2-rootfs-init"), extras)?;
+        let tree = self.l2_tree(&self.dir.join("l2-init"), extras)?;
         let dir = run_dir.join("l2-rootfs");
         tree.write_dir(&dir)?;
         let image = run_dir.join("l2-root.img");
@@ -364,7 +365,7 @@ impl Lab {
             modules.extend(image::L2_DISK_MODULES);
         }
         image::add_modules(&mut tree, &self.kernel_root, &self.kernel_version, &modules)?;
-        for script in ["l2-devices", "l2-machine"] {
+        for script in ["l2-devices", "l2-machine", "l2-disk"] {
             tree.copy(script, &self.dir.join(script))?;
         }
         tree.copy("lib/modules/edu_msi.ko", &self.edu_msi)?;
