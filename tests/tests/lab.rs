@@ -336,6 +336,58 @@ fn bad_inputs_fail_with_one_line_and_no_panic() {
 
 #[test]
 #[ignore = "needs the nested lab: run tests/run"]
+fn bench_disk_against_qemu_sequential_and_random_throughput() {
+    run_lab_test(
+        "disk-bench",
+        &RunOptions::default(),
+        Retry::L1DiedOrTiming,
+        |run| {
+            for vmm in ["qemu", "minivmm"] {
+                let results = run.markers(&format!("LAB:RESULT disk-bench-{vmm} "));
+                expect(
+                    results.len() == 2 && results.iter().all(|r| r.ends_with("rc=0")),
+                    format!("both {vmm} runs ended cleanly: {results:?}"),
+                )?;
+            }
+            // Each mode's mean over the two runs of each VMM (QEMU first and last).
+            let mean = |vmm: &str, mode: &str, key: &str| -> Result<f64, String> {
+                let values: Vec<f64> = run
+                    .markers(&format!("LAB:DISKBENCH vmm={vmm} mode={mode} "))
+                    .iter()
+                    .filter_map(|line| fields(line).get(key).and_then(|v| v.parse().ok()))
+                    .collect();
+                if values.len() != 2 {
+                    return Err(format!("two {mode} results of {vmm} ({values:?})"));
+                }
+                Ok(values.iter().sum::<f64>() / 2.0)
+            };
+            let modes = [
+                ("seqwrite", "mbs"),
+                ("seqread", "mbs"),
+                ("randwrite", "iops"),
+                ("randread", "iops"),
+            ];
+            let mut slower = Vec::new();
+            for (mode, key) in modes {
+                let (q, m) = (mean("qemu", mode, key)?, mean("minivmm", mode, key)?);
+                println!(
+                    "disk bench {mode}: qemu {q:.1} {key}, minivmm {m:.1} {key} (minivmm/qemu {:.2})",
+                    m / q
+                );
+                if m < q {
+                    slower.push(mode);
+                }
+            }
+            expect(
+                slower.is_empty(),
+                format!("{TIMING}minivmm's disk is at least as fast as QEMU's in {slower:?}"),
+            )
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the nested lab: run tests/run"]
 fn bench_against_qemu_time_to_init_and_own_memory() {
     run_lab_test(
         "bench",

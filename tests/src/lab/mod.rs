@@ -37,6 +37,8 @@ pub struct Lab {
     pub kernel: PathBuf,
     /// busybox-static's binary.
     pub busybox: PathBuf,
+    /// The disk benchmark's tool for L2 (tests/lab/blkbench), static.
+    pub blkbench: PathBuf,
     /// The minivmm binary copied into L1.
     pub minivmm: PathBuf,
     /// The L2 driver that proves MSI delivery (built by `prepare`).
@@ -191,7 +193,8 @@ impl Lab {
         let edu_msi = cache.join("edu-msi/edu_msi.ko");
         let mbochs = cache.join("mbochs/mbochs.ko");
         let link_probe = cache.join("link-probe/link_probe.ko");
-        for needed in [&kernel, &busybox, &edu_msi, &mbochs, &link_probe] {
+        let blkbench = cache.join("blkbench/blkbench");
+        for needed in [&kernel, &busybox, &edu_msi, &mbochs, &link_probe, &blkbench] {
             if !needed.is_file() {
                 return Err(format!(
                     "{} is missing: run tests/lab/prepare",
@@ -225,6 +228,7 @@ impl Lab {
             ));
         }
         Ok(Lab {
+            blkbench,
             edu_msi,
             mbochs,
             link_probe,
@@ -363,6 +367,7 @@ impl Lab {
         }
         if extras.disk {
             modules.extend(image::L2_DISK_MODULES);
+            tree.copy("usr/bin/blkbench", &self.blkbench)?;
         }
         image::add_modules(&mut tree, &self.kernel_root, &self.kernel_version, &modules)?;
         for script in ["l2-devices", "l2-machine", "l2-disk"] {
