@@ -267,7 +267,11 @@ fn check_acpi(input: &Input, guest: &GuestLayout) {
     let dsdt = sdt_at(&blob, u64_at(fadt, 140));
     assert_eq!(&dsdt[..4], b"DSDT");
     let methods = dsdt.windows(4).filter(|w| w == b"ATRM").count();
-    assert_eq!(methods, atrm.len(), "one ATRM method per image offered that way");
+    assert_eq!(
+        methods,
+        atrm.len(),
+        "one ATRM method per image offered that way"
+    );
     assert_eq!(&sdt_at(&blob, entries[1])[..4], b"APIC");
     let mcfg = sdt_at(&blob, entries[2]);
     assert_eq!(&mcfg[..4], b"MCFG");

@@ -143,17 +143,27 @@ pub fn process_queue<M: GuestMemoryBackend>(
     disk: &DiskImage,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used = false;
+    let mut empty_rounds = 0;
     loop {
         queue.disable_notification(mem)?;
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let written = execute(mem, chain, disk);
             queue.add_used(mem, head, written)?;
             used = true;
+            popped = true;
         }
-        // With event index, a request that arrived while notifications were off is
-        // picked up here rather than lost.
+        // A request that arrived while notifications were off is picked up here rather
+        // than lost. A ring that says there is more but yields nothing twice in a row is
+        // broken (an available index the guest wrote out of range): stop, or this thread
+        // would spin on it.
         if !queue.enable_notification(mem)? {
+            break;
+        }
+        empty_rounds = if popped { 0 } else { empty_rounds + 1 };
+        if empty_rounds >= 2 {
+            log::debug!("virtio-blk: the available ring is out of range; waiting for a notify");
             break;
         }
     }

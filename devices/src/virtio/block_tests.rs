@@ -356,3 +356,18 @@ fn the_configuration_says_capacity_and_segment_limit() {
     assert_eq!(disk.features() & (1 << VIRTIO_BLK_F_RO), 0);
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn an_available_index_out_of_range_does_not_spin_the_device() {
+    let (path, disk) = disk("spin", false);
+    let mut driver = Driver::new();
+    // The guest claims 1000 new requests in a 64-entry ring.
+    let avail_idx = driver.mock.avail_addr().0 + 2;
+    driver
+        .mem
+        .write_obj(1000u16, GuestAddress(avail_idx))
+        .unwrap();
+    assert!(process_queue(&mut driver.queue, driver.mem, &disk).is_ok());
+    assert_eq!(driver.queue.next_used(), 0, "nothing completed");
+    std::fs::remove_file(path).unwrap();
+}
