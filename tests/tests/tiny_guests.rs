@@ -61,7 +61,7 @@ impl TinyVm {
         let kvm = Kvm::new()
             .unwrap_or_else(|e| panic!("this test needs /dev/kvm (the vCPU loop runs on it): {e}"));
         let vm = Arc::new(kvm.create_vm().unwrap());
-        let (_, memory) = memory::create(ram, 46).unwrap();
+        let (_, memory) = memory::create(ram, 46, None).unwrap();
         memory::register_slots(&vm, &memory, &[]).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         TinyVm {

@@ -45,9 +45,15 @@ pub struct Args {
     /// Kernel command line [default: "console=uart8250,mmio,0xfe000000 panic=-1"].
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
-    /// Guest RAM, like 512M or 4G.
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
-    pub memory: u64,
+    /// Guest RAM, like 512M or 4G. hugepages=on takes it from the host's pool of huge
+    /// pages (hugepage-size=2M, the default, or 1G), which must hold enough free pages.
+    #[arg(
+        long,
+        value_name = "SIZE[,hugepages=on[,hugepage-size=2M|1G]]",
+        default_value = "512M",
+        value_parser = crate::config::parse_memory
+    )]
+    pub memory: (u64, Option<crate::hugepages::HugePageSize>),
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: usize,
@@ -253,11 +259,12 @@ pub enum Error {
 impl Args {
     /// Check what needs no host access and build the VM description.
     pub fn into_config(self) -> Result<VmConfig, Error> {
-        if self.memory == 0 || !self.memory.is_multiple_of(4096) {
+        let (memory, hugepages) = self.memory;
+        if memory == 0 || !memory.is_multiple_of(4096) {
             return Err(Error::BadMemory);
         }
-        if self.memory > MAX_MEMORY {
-            return Err(Error::MemoryTooLarge(self.memory >> 20, MAX_MEMORY >> 30));
+        if memory > MAX_MEMORY {
+            return Err(Error::MemoryTooLarge(memory >> 20, MAX_MEMORY >> 30));
         }
         if self.cpus == 0 {
             return Err(Error::NoCpus);
@@ -278,7 +285,8 @@ impl Args {
             kernel: self.kernel.ok_or(Error::NoKernel)?,
             initramfs: self.initramfs,
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
-            memory: self.memory,
+            memory,
+            hugepages,
             cpus: self.cpus,
             serial: self.serial,
             exit_stats: self.exit_stats,
@@ -313,6 +321,7 @@ mod tests {
     fn defaults() {
         let config = parse(&["--kernel", "bzImage"]).unwrap();
         assert_eq!(config.memory, 512 << 20);
+        assert_eq!(config.hugepages, None);
         assert_eq!(config.cpus, 1);
         assert_eq!(config.cmdline, DEFAULT_CMDLINE);
         assert_eq!(config.serial, SerialMode::Stdio);
@@ -346,6 +355,29 @@ mod tests {
         assert_eq!(with(&["--managed"]), Ok(Some(ManagedScope::Device)));
         assert_eq!(with(&["--managed=group"]), Ok(Some(ManagedScope::Group)));
         assert!(with(&["--managed=all"]).is_err());
+    }
+
+    #[test]
+    fn memory_may_come_from_huge_pages() {
+        use crate::hugepages::HugePageSize;
+        let with = |value: &str| parse(&["--kernel", "k", "--memory", value]);
+        let config = with("3G,hugepages=on").unwrap();
+        assert_eq!(
+            (config.memory, config.hugepages),
+            (3 << 30, Some(HugePageSize::Size2M))
+        );
+        let config = with("4G,hugepages=on,hugepage-size=1G").unwrap();
+        assert_eq!(config.hugepages, Some(HugePageSize::Size1G));
+        assert_eq!(with("1G,hugepages=off").unwrap().hugepages, None);
+        assert!(with("1G,hugepage-size=1G")
+            .unwrap_err()
+            .contains("hugepage-size= needs hugepages=on"));
+        assert!(with("1G,hugepages=on,hugepage-size=4K")
+            .unwrap_err()
+            .contains("use 2M or 1G"));
+        assert!(with("1G,huge")
+            .unwrap_err()
+            .contains("unknown --memory option"));
     }
 
     #[test]

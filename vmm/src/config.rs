@@ -54,6 +54,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Guest RAM in bytes (page aligned, non-zero).
     pub memory: u64,
+    /// `--memory ...,hugepages=on`: guest RAM from the host's pool of pages of this size.
+    pub hugepages: Option<crate::hugepages::HugePageSize>,
     /// Number of vCPUs.
     pub cpus: usize,
     /// Console wiring.
@@ -115,6 +117,35 @@ impl std::str::FromStr for DiskArg {
 /// `console_uart`; much cheaper than COM1 under virtualization), and a kernel panic ends
 /// the VM instead of hanging it.
 pub const DEFAULT_CMDLINE: &str = "console=uart8250,mmio,0xfe000000 panic=-1";
+
+/// `--memory SIZE[,hugepages=on|off][,hugepage-size=2M|1G]`: the size, and the huge-page
+/// size when huge pages are on.
+pub fn parse_memory(text: &str) -> Result<(u64, Option<crate::hugepages::HugePageSize>), String> {
+    let mut parts = text.split(',');
+    let size = parse_size(parts.next().unwrap_or_default())?;
+    let mut on = false;
+    let mut page = None;
+    for option in parts {
+        match option.split_once('=') {
+            Some(("hugepages", "on")) => on = true,
+            Some(("hugepages", "off")) => on = false,
+            Some(("hugepage-size", value)) => page = Some(value.parse()?),
+            _ => {
+                return Err(format!(
+                "unknown --memory option '{option}'; use SIZE[,hugepages=on[,hugepage-size=2M|1G]]"
+            ))
+            }
+        }
+    }
+    match (on, page) {
+        (false, Some(_)) => Err("hugepage-size= needs hugepages=on".into()),
+        (false, None) => Ok((size, None)),
+        (true, page) => Ok((
+            size,
+            Some(page.unwrap_or(crate::hugepages::HugePageSize::Size2M)),
+        )),
+    }
+}
 
 /// Parse a size like `512M`, `4G`, `65536K` or a plain byte count.
 /// What already answers at I/O port `port` in the guest, if anything does: minivmm's own

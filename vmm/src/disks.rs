@@ -80,6 +80,9 @@ fn open_one(arg: &DiskArg, index: usize) -> Result<OpenImage, Error> {
             std::io::ErrorKind::NotFound => {
                 fail("no such file: give the path of a raw disk image".into())
             }
+            _ if e.raw_os_error() == Some(libc::EISDIR) => {
+                fail("is a directory: give the path of a raw disk image".into())
+            }
             std::io::ErrorKind::PermissionDenied if !arg.readonly => fail(format!(
                 "{e}: make it writable for this user, or add ,readonly=on"
             )),
@@ -540,6 +543,7 @@ mod tests {
         let missing = std::path::Path::new("/nonexistent/minivmm.img");
         assert!(refused(&[arg(missing, false)]).contains("no such file"));
         assert!(refused(&[arg(&std::env::temp_dir(), true)]).contains("is a directory"));
+        assert!(refused(&[arg(&std::env::temp_dir(), false)]).contains("is a directory"));
         let empty = temp("empty", 100);
         assert!(refused(&[arg(&empty, false)]).contains("smaller than one 512-byte sector"));
         std::fs::remove_file(empty).unwrap();

@@ -19,6 +19,7 @@ pub mod event_loop;
 pub mod exit_stats;
 pub mod gsi;
 pub mod host;
+pub mod hugepages;
 pub mod loader;
 pub mod memory;
 pub mod passthrough;

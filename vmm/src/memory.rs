@@ -4,6 +4,9 @@ use std::ops::Range;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::hugepages::{self, HugePageSize};
 use minivmm_firmware::layout::GuestLayout;
 use vm_memory::bitmap::BS;
 use vm_memory::mmap::MmapRegionBuilder;
@@ -37,6 +40,9 @@ pub enum Error {
     /// The layout has no room for the size.
     #[error("--memory {0} MiB cannot be laid out: {1}")]
     Layout(u64, minivmm_firmware::layout::LayoutError),
+    /// Huge pages asked for and not there.
+    #[error("{0}")]
+    HugePages(String),
 }
 
 /// Total host RAM in bytes, from sysinfo(2).
@@ -62,7 +68,7 @@ const HUGE_PAGE: usize = 2 << 20;
 pub struct RamRegion {
     // Field order is drop order: the view goes before the mapping it points into.
     view: GuestRegionMmap,
-    _mapping: AlignedMapping,
+    mapping: AlignedMapping,
 }
 
 impl std::fmt::Debug for RamRegion {
@@ -108,10 +114,15 @@ impl GuestMemoryRegion for RamRegion {
 impl GuestMemoryRegionBytes for RamRegion {}
 
 impl RamRegion {
-    /// `len` bytes of fresh, zeroed RAM at guest address `start`.
-    fn new(start: u64, len: u64) -> Result<RamRegion, String> {
+    /// `len` bytes of fresh, zeroed RAM at guest address `start`, from huge pages of
+    /// `huge` when given.
+    fn new(start: u64, len: u64, huge: Option<HugePageSize>) -> Result<RamRegion, String> {
         let len = usize::try_from(len).map_err(|e| e.to_string())?;
-        let mapping = AlignedMapping::new(len).map_err(|e| e.to_string())?;
+        let mapping = match huge {
+            None => AlignedMapping::new(len),
+            Some(size) => AlignedMapping::huge(len, size),
+        }
+        .map_err(|e| e.to_string())?;
         // SAFETY: `mapping` is a live mapping of exactly `len` bytes; the region built on it
         // is stored beside it in the RamRegion and dropped first.
         let region =
@@ -120,10 +131,47 @@ impl RamRegion {
                 .map_err(|e| e.to_string())?;
         let view = GuestRegionMmap::new(region, GuestAddress(start))
             .ok_or("the region wraps the address space")?;
-        Ok(RamRegion {
-            view,
-            _mapping: mapping,
-        })
+        Ok(RamRegion { view, mapping })
+    }
+
+    /// Give the region's pages back to the host, so that it reads as zeros again: dropped
+    /// from an anonymous mapping (`MADV_DONTNEED`), punched out of a hugetlb memfd (its
+    /// mapping is shared, where `MADV_DONTNEED` would keep the contents). False when that
+    /// failed and the caller must write zeros.
+    pub fn discard(&self) -> bool {
+        let len = self.mapping.len;
+        let done = match &self.mapping.memfd {
+            // SAFETY: fallocate on the memfd this region owns; punching a hole (keeping the
+            // size) frees its pages, and the shared mapping then reads zeros.
+            Some(fd) => unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    len as libc::off_t,
+                )
+            },
+            // SAFETY: the usable part of this region's private anonymous mapping; dropping
+            // its pages only makes them read as zeros again.
+            None => unsafe {
+                libc::madvise(
+                    self.mapping.addr as *mut libc::c_void,
+                    len,
+                    libc::MADV_DONTNEED,
+                )
+            },
+        };
+        done == 0
+    }
+
+    /// Backed by huge pages from the host's pool.
+    pub fn is_hugetlb(&self) -> bool {
+        self.mapping.memfd.is_some()
+    }
+
+    /// The page size its host mapping is made of (what work on it is split by).
+    pub fn page_size(&self) -> usize {
+        self.mapping.page_size
     }
 }
 
@@ -135,8 +183,13 @@ struct AlignedMapping {
     /// Start of the reservation (integers, so that guest RAM can move between threads).
     reserved: usize,
     reserved_len: usize,
-    /// Start of the usable, aligned part.
+    /// Start of the usable, aligned part, and its length.
     addr: usize,
+    len: usize,
+    /// The hugetlb memfd behind a huge-page mapping (`None`: anonymous memory).
+    memfd: Option<OwnedFd>,
+    /// Its page size: a huge page's, or 2 MiB for anonymous memory (THP's).
+    page_size: usize,
 }
 
 impl AlignedMapping {
@@ -163,6 +216,9 @@ impl AlignedMapping {
             reserved: raw as usize,
             reserved_len,
             addr: (raw as usize).next_multiple_of(HUGE_PAGE),
+            len,
+            memfd: None,
+            page_size: HUGE_PAGE,
         };
         // SAFETY: the aligned range lies inside the reservation made above, which only this
         // value refers to; on failure `mapping`'s drop unmaps the reservation.
@@ -178,6 +234,49 @@ impl AlignedMapping {
         }
         mapping.request_huge_pages(len);
         Ok(mapping)
+    }
+
+    /// `len` bytes of huge pages of `size`: a hugetlb memfd of that length, mapped shared
+    /// (the kernel aligns it to the page size). The pages are reserved from the pool when
+    /// mapped, so a pool that is too small fails here, not with SIGBUS in the guest.
+    fn huge(len: usize, size: HugePageSize) -> std::io::Result<AlignedMapping> {
+        let flags = libc::MFD_CLOEXEC | libc::MFD_HUGETLB | size.memfd_flag();
+        // SAFETY: memfd_create with a static name; the descriptor is owned below.
+        let fd = unsafe { libc::memfd_create(c"minivmm-guest-ram".as_ptr(), flags) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let file_len = libc::off_t::try_from(len)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: ftruncate on the memfd owned here.
+        if unsafe { libc::ftruncate(memfd.as_raw_fd(), file_len) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh shared mapping of the whole memfd at an address the kernel picks;
+        // nothing else refers to it yet.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(AlignedMapping {
+            reserved: raw as usize,
+            reserved_len: len,
+            addr: raw as usize,
+            len,
+            memfd: Some(memfd),
+            page_size: size.bytes() as usize,
+        })
     }
 
     /// Ask for transparent huge pages on the usable part: fewer host page faults while
@@ -206,26 +305,121 @@ impl Drop for AlignedMapping {
     }
 }
 
-/// Lay out and map `size` bytes of guest RAM.
-pub fn create(size: u64, address_bits: u8) -> Result<(GuestLayout, GuestRam), Error> {
+/// Lay out and map `size` bytes of guest RAM, from the host's pool of `huge` pages when
+/// given.
+pub fn create(
+    size: u64,
+    address_bits: u8,
+    huge: Option<HugePageSize>,
+) -> Result<(GuestLayout, GuestRam), Error> {
     if let Some(host) = host_ram() {
         if size > host {
             return Err(Error::MoreThanHost(size >> 20, host >> 20));
         }
     }
     let layout = GuestLayout::new(size, address_bits).map_err(|e| Error::Layout(size >> 20, e))?;
+    if let Some(page) = huge {
+        hugepages::check_pool(std::path::Path::new("/sys"), size, page)
+            .map_err(Error::HugePages)?;
+        // Every region must be whole pages too (the low one ends at the 32-bit hole).
+        if let Some(odd) = layout
+            .ram
+            .iter()
+            .find(|r| !r.size.is_multiple_of(page.bytes()))
+        {
+            return Err(Error::HugePages(format!(
+                "guest RAM's region at {:#x} ({} MiB) is not a whole number of {page} huge \
+                 pages; use a --memory that is",
+                odd.start,
+                odd.size >> 20
+            )));
+        }
+    }
     let ranges: Vec<(u64, u64)> = layout.ram.iter().map(|r| (r.start, r.size)).collect();
-    let ram = from_ranges(&ranges).map_err(|e| Error::Map(size >> 20, e))?;
+    let ram = regions(&ranges, huge).map_err(|e| match huge {
+        Some(page) => Error::HugePages(format!(
+            "cannot map {} MiB of {page} huge pages ({e}): another process took them meanwhile, \
+             or this host's pool is per NUMA node; reserve more",
+            size >> 20
+        )),
+        None => Error::Map(size >> 20, e),
+    })?;
     Ok((layout, ram))
 }
 
 /// Guest RAM of `(start, len)` ranges, each in its own 2 MiB-aligned host mapping.
 pub fn from_ranges(ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
+    regions(ranges, None)
+}
+
+fn regions(ranges: &[(u64, u64)], huge: Option<HugePageSize>) -> Result<GuestMemory, String> {
     let regions = ranges
         .iter()
-        .map(|&(start, len)| RamRegion::new(start, len))
+        .map(|&(start, len)| RamRegion::new(start, len, huge))
         .collect::<Result<Vec<_>, _>>()?;
     GuestMemory::from_regions(regions).map_err(|e| e.to_string())
+}
+
+/// Guest RAM at least this large is prefaulted on more than one thread.
+const PREFAULT_CHUNK: u64 = 256 << 20;
+/// Most prefaulting threads.
+const PREFAULT_THREADS: usize = 8;
+
+/// Fault every page of guest RAM in, writable, split across threads (one per
+/// [`PREFAULT_CHUNK`], at most the host's CPUs and [`PREFAULT_THREADS`]), before VFIO pins
+/// it: pinning pages that are there is only bookkeeping, while pinning absent ones
+/// allocates and zeroes each on the one thread that holds the container's lock. Contents
+/// are kept (`MADV_POPULATE_WRITE` only faults), so it may run while the kernel is being
+/// written into guest RAM. Returns the threads used; `Err` when the kernel cannot populate
+/// (before Linux 5.14), in which case VFIO faults the pages itself as before.
+pub fn prefault(memory: &GuestMemory) -> std::io::Result<usize> {
+    let total: u64 = memory.iter().map(|r| r.len()).sum();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (total / PREFAULT_CHUNK).clamp(1, cpus.min(PREFAULT_THREADS) as u64) as usize;
+    // Each thread takes an equal share of every region, in whole 2 MiB (huge) pages.
+    let mut pieces: Vec<Vec<(usize, usize)>> = vec![Vec::new(); threads];
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let share = len.div_ceil(threads).next_multiple_of(region.page_size());
+        for (i, piece) in pieces.iter_mut().enumerate() {
+            let start = (i * share).min(len);
+            let end = ((i + 1) * share).min(len);
+            if start < end {
+                piece.push((host as usize + start, end - start));
+            }
+        }
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = pieces
+            .into_iter()
+            .map(|piece| {
+                scope.spawn(move || -> std::io::Result<()> {
+                    for (addr, len) in piece {
+                        // SAFETY: `addr..addr + len` lies inside a mapping of guest RAM that
+                        // `memory` keeps alive for this scope; populating changes no contents.
+                        let rc = unsafe {
+                            libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE)
+                        };
+                        if rc != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+            })
+            .collect::<std::io::Result<Vec<()>>>()
+    })?;
+    Ok(threads)
 }
 
 /// Register every RAM region as KVM memory slots, slots 0.. in order, leaving out the guest
@@ -311,7 +505,7 @@ mod tests {
     #[test]
     fn host_mappings_agree_with_guest_addresses_modulo_2mib() {
         for size in [2 << 20, 255 << 20, 256 << 20] {
-            let (layout, ram) = create(size, 46).expect("guest RAM");
+            let (layout, ram) = create(size, 46, None).expect("guest RAM");
             assert_eq!(ram.iter().count(), layout.ram.len());
             for index in 0..layout.ram.len() {
                 let (guest, host) = host_address(&ram, index);
@@ -326,7 +520,7 @@ mod tests {
 
     #[test]
     fn guest_ram_is_usable_and_unmapped_on_drop() {
-        let (_, ram) = create(4 << 20, 46).expect("guest RAM");
+        let (_, ram) = create(4 << 20, 46, None).expect("guest RAM");
         ram.write_obj(0x1234_5678u32, GuestAddress((4 << 20) - 4))
             .expect("last word");
         assert_eq!(
@@ -350,6 +544,54 @@ mod tests {
         assert_eq!(
             std::io::Error::last_os_error().raw_os_error(),
             Some(libc::ENOMEM)
+        );
+    }
+}
+
+#[cfg(test)]
+mod prefault_tests {
+    use super::*;
+
+    /// Pages of `len` bytes at `addr` the kernel has resident (mincore).
+    fn resident(addr: *mut u8, len: usize) -> usize {
+        let pages = len.div_ceil(4096);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `addr..addr + len` is a live mapping; `vec` has one byte per page.
+        let rc = unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        vec.iter().filter(|b| **b & 1 != 0).count()
+    }
+
+    #[test]
+    fn prefaulting_makes_every_page_resident_and_keeps_contents() {
+        let len = 64u64 << 20;
+        let memory = from_ranges(&[(0, len), (1 << 32, len)]).unwrap();
+        memory
+            .write_obj(0x1234_5678u32, GuestAddress(0x10_0000))
+            .unwrap();
+        memory
+            .write_obj(0x9abc_def0u32, GuestAddress((1 << 32) + len - 4))
+            .unwrap();
+        let host = |at: u64| memory.get_host_address(GuestAddress(at)).unwrap();
+        assert!(resident(host(0), len as usize) < (len as usize) / 4096);
+        match prefault(&memory) {
+            Ok(threads) => assert!(threads >= 1),
+            // A kernel before 5.14 cannot populate: nothing to check.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) => panic!("{e}"),
+        }
+        for start in [0, 1 << 32] {
+            assert_eq!(resident(host(start), len as usize), (len as usize) / 4096);
+        }
+        assert_eq!(
+            memory.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+            0x1234_5678
+        );
+        assert_eq!(
+            memory
+                .read_obj::<u32>(GuestAddress((1 << 32) + len - 4))
+                .unwrap(),
+            0x9abc_def0
         );
     }
 }

@@ -225,21 +225,18 @@ impl Rebooter {
 
 /// Zero guest RAM. Pages a device may DMA into stay pinned by VFIO, so they are written in
 /// place; otherwise they are given back to the kernel, which hands out zeroed pages on the
-/// next touch (far cheaper: nothing is written, and the memory is freed meanwhile).
+/// next touch (far cheaper: nothing is written, and the memory is freed meanwhile; for
+/// huge pages a hole is punched in their memfd, whose shared mapping would keep its
+/// contents through `MADV_DONTNEED`).
 fn clear(memory: &GuestMemory, pinned: bool) {
     for region in memory.iter() {
+        if !pinned && region.discard() {
+            continue;
+        }
         let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
             continue;
         };
         let len = region.len() as usize;
-        if !pinned {
-            // SAFETY: `host..host + len` is this region's private anonymous mapping, owned by
-            // guest RAM; dropping its pages only makes them read as zeros again.
-            let done = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
-            if done == 0 {
-                continue;
-            }
-        }
         // SAFETY: `host` is the start of this region's mapping, `len` bytes long and owned
         // by guest RAM, which lives as long as `memory`; every vCPU is parked and every
         // passed-through device quiesced (bus mastering off), so nothing else accesses it.

@@ -12,4 +12,13 @@ bad cpus-zero minivmm --kernel "$L2_KERNEL" --cpus 0
 bad cpus-9999 minivmm --kernel "$L2_KERNEL" --cpus 9999
 bad unknown-option minivmm --kernel "$L2_KERNEL" --no-such-option
 bad cmdline-too-long minivmm --kernel "$L2_KERNEL" --cmdline "$long"
+# Huge pages asked for and none reserved; a size that is no whole number of them.
+echo 0 > /proc/sys/vm/nr_hugepages
+bad hugepages-none minivmm --kernel "$L2_KERNEL" --memory 256M,hugepages=on
+bad hugepages-odd minivmm --kernel "$L2_KERNEL" --memory 255M,hugepages=on
+# Disks that cannot be: missing, a directory, empty.
+: > /tmp/empty.img
+bad disk-missing minivmm --kernel "$L2_KERNEL" --disk /nonexistent/root.img
+bad disk-directory minivmm --kernel "$L2_KERNEL" --disk /tmp
+bad disk-empty minivmm --kernel "$L2_KERNEL" --disk /tmp/empty.img
 exit 0

@@ -1,6 +1,8 @@
 # lab-needs: qemu
 # The passthrough benchmark against QEMU, one run in one L1: edu on vfio-pci, the same L2
-# kernel and initramfs, at 256M and at 1G of guest RAM. For each VMM and size: the time
+# kernel and initramfs, at 256M and at 1G of guest RAM (lab.mem=...; a size with +huge,
+# like 3G+huge, backs guest RAM with L1's 2 MiB huge pages under both VMMs: QEMU's
+# memory-backend-memfd with hugetlb=on, minivmm's --memory SIZE,hugepages=on). For each VMM and size: the time
 # from starting the VMM to L2 having used the device (the L2:EDU-ID marker: ID register
 # read through BAR0), with guest RAM DMA-mapped before that. Then each VMM once more under
 # strace, only to time its VFIO_IOMMU_MAP_DMA ioctls (the same measure for both; the run is
@@ -21,8 +23,26 @@ echo "LAB:BOUND $edu driver=$(basename "$(readlink "$d/driver")")"
 # Set to a strace command line to trace the next VMM started.
 TRACE=
 
+# huge_pages SIZE: reserve L1's 2 MiB pages for SIZE (+huge) or give them back; sets MEM to
+# the size and QEMU_RAM / MINIVMM_RAM to each VMM's memory options.
+huge_pages() {
+  MEM=${1%+huge}
+  if [ "$MEM" = "$1" ]; then
+    echo 0 > /proc/sys/vm/nr_hugepages
+    QEMU_RAM="-m $MEM"
+    MINIVMM_RAM="$MEM"
+    return
+  fi
+  bytes=$(( ${MEM%G} << 30 ))
+  echo $(( bytes >> 21 )) > /proc/sys/vm/nr_hugepages
+  echo "LAB:HUGEPAGES size=$MEM reserved=$(cat /proc/sys/vm/nr_hugepages) wanted=$(( bytes >> 21 ))"
+  QEMU_RAM="-m $MEM -object memory-backend-memfd,id=ram,size=$MEM,hugetlb=on,hugetlbsize=2M -machine memory-backend=ram"
+  MINIVMM_RAM="$MEM,hugepages=on"
+}
+
 start_qemu() {
-  $TRACE qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m "$2" -smp 1 -nodefaults \
+  # shellcheck disable=SC2086
+  $TRACE qemu-system-x86_64 -accel kvm -cpu host -machine q35 $QEMU_RAM -smp 1 -nodefaults \
     -display none -monitor none -no-reboot -serial "file:$1" \
     -device vfio-pci,host="$edu" \
     -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$CMDLINE" </dev/null >"$1.err" 2>&1 &
@@ -30,10 +50,11 @@ start_qemu() {
 
 start_minivmm() {
   $TRACE minivmm -v --gpu "$edu" --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$MINIVMM_CMDLINE" \
-    --memory "$2" --serial stdio </dev/null >"$1" 2>"$1.err" &
+    --memory "$MINIVMM_RAM" --serial stdio </dev/null >"$1" 2>"$1.err" &
 }
 
-# measure NAME SIZE: LAB:PTBENCH vmm=NAME mem=SIZE usable_ms=N [dma_ms=N]
+# measure NAME SIZE: LAB:PTBENCH vmm=NAME mem=SIZE usable_ms=N dma_ms=N prefault_ms=N
+# (minivmm's own log of its DMA map and its prefault before it; NA for QEMU)
 measure() {
   log=/tmp/$1-$2.console
   : > "$log"
@@ -57,7 +78,8 @@ measure() {
   # A guest that never got there: how far it came, and what the VMM said.
   [ "$usable" = NA ] && tail -n 5 "$log" "$log.err" | sed "s/^/LAB:FLAKE-LOG [$1 $2] /"
   dma=$(sed -n 's/.*DMA-mapped [0-9]* MiB of guest RAM in \([0-9.]*\) ms.*/\1/p' "$log.err")
-  echo "LAB:PTBENCH vmm=$1 mem=$2 usable_ms=$usable dma_ms=${dma:-NA}"
+  prefault=$(sed -n 's/.*prefaulted guest RAM on [0-9]* thread(s) in \([0-9.]*\) ms.*/\1/p' "$log.err")
+  echo "LAB:PTBENCH vmm=$1 mem=$2 usable_ms=$usable dma_ms=${dma:-NA} prefault_ms=${prefault:-NA}"
   USABLE=$usable
 }
 
@@ -91,6 +113,7 @@ dma_time() {
 status=0
 # lab.mem picks the sizes (the test runs one size per L1: fewer VMM starts per L1).
 for mem in $(lab_param mem 256M,1G | tr , ' '); do
+  huge_pages "$mem"
   measure qemu $mem
   q=$USABLE
   [ "$q" = NA ] && { echo "LAB:FLAKE qemu $mem; once more"; measure qemu $mem; q=$USABLE; }

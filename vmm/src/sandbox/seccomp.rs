@@ -171,7 +171,9 @@ fn specific(kind: ThreadKind) -> &'static [libc::c_long] {
     match kind {
         // VFIO regions are read and written at offsets; MSI vectors get new eventfds.
         ThreadKind::Vcpu => &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_eventfd2],
+        // fallocate: a reboot punches the huge pages of guest RAM out of their memfd.
         ThreadKind::Main => &[
+            libc::SYS_fallocate,
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,

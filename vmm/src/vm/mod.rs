@@ -133,7 +133,7 @@ impl Vm {
         check_cpu_count(&kvm, config.cpus)?;
         let supported = supported_cpuid(&kvm)?;
         let address_bits = cpuid::address_bits(&supported, cpuid::host_address_bits());
-        let (mut layout, memory) = memory::create(config.memory, address_bits)?;
+        let (mut layout, memory) = memory::create(config.memory, address_bits, config.hugepages)?;
         // Opened once, before the sandbox: a reboot loads them again from these.
         let kernel_file = loader::BootFile::open("kernel", &config.kernel)?;
         let mut initramfs_file = config

@@ -267,6 +267,56 @@ pub(super) fn check_memlock(host: &Host, memory: u64) -> Check {
     }
 }
 
+/// Free huge pages of each size, and whether `memory` of guest RAM fits in them
+/// (`--memory SIZE,hugepages=on`). Optional: a shortfall is `Skip` with the fix, never a
+/// failure.
+pub(super) fn check_hugepages(host: &Host, memory: u64) -> Check {
+    use crate::hugepages::{self, HugePageSize};
+    let sysfs = host.root.path("sys");
+    let sizes = [HugePageSize::Size2M, HugePageSize::Size1G];
+    let pools: Vec<_> = sizes
+        .iter()
+        .filter_map(|&size| hugepages::pool(&sysfs, size))
+        .collect();
+    let listed = pools
+        .iter()
+        .map(|p| format!("{}: {} free of {}", p.size, p.free, p.total))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mib = memory >> 20;
+    let fits = pools
+        .iter()
+        .find(|p| memory.is_multiple_of(p.size.bytes()) && p.free >= memory / p.size.bytes());
+    match (fits, pools.first()) {
+        (Some(pool), _) => host_check(
+            "huge pages",
+            Status::Ok,
+            format!(
+                "{listed}: --memory {mib}M,hugepages=on,hugepage-size={} fits",
+                pool.size
+            ),
+        ),
+        (None, Some(_)) => {
+            let fix = hugepages::check_pool(&sysfs, memory, HugePageSize::Size2M)
+                .err()
+                .unwrap_or_default();
+            with_fix(
+                host_check(
+                    "huge pages",
+                    Status::Skip,
+                    format!("{listed}: too few for --memory {mib}M,hugepages=on (optional)"),
+                ),
+                fix,
+            )
+        }
+        (None, None) => host_check(
+            "huge pages",
+            Status::Skip,
+            "this kernel offers none (no /sys/kernel/mm/hugepages): hugepages=on is not possible",
+        ),
+    }
+}
+
 pub(super) fn check_address_width(host: &Host) -> Check {
     match host.address_bits {
         Some(bits) => host_check(

@@ -239,6 +239,7 @@ pub fn run(root: &HostRoot, probes: Probes, config: &DoctorConfig) -> Report {
     }
     checks.push(check_vfio_node(&host));
     checks.push(check_memlock(&host, config.memory));
+    checks.push(check_hugepages(&host, config.memory));
     checks.push(check_address_width(&host));
     let mut devices = Vec::new();
     for bdf in &config.devices {
