@@ -963,6 +963,38 @@ fn a_root_disk_on_virtio_blk_keeps_synced_data_verifies_and_refuses_what_it_must
                 ro.markers("L2:RO")
             ),
         )?;
+        // The test driver's requests: (case, status on the writable disk, on the read-only
+        // one). 1 is VIRTIO_BLK_S_IOERR, 2 VIRTIO_BLK_S_UNSUPP.
+        let requests = run.section("disk-requests")?;
+        let cases = [
+            ("short-header", "1", "1"),
+            ("read-into-readonly-buffer", "1", "1"),
+            ("past-the-end", "1", "1"),
+            ("unknown-type", "2", "2"),
+            ("write-100-bytes", "1", "1"),
+            ("get-id", "0", "0"),
+            ("write-sector", "0", "1"),
+        ];
+        for (dev, ro) in [("virtio0", false), ("virtio1", true)] {
+            for (case, rw_status, ro_status) in cases {
+                let want = if ro { ro_status } else { rw_status };
+                let line = format!("L2:BLKREQ dev={dev} case={case} ");
+                expect(
+                    requests.field(&line, "status") == Some(want),
+                    format!(
+                        "{dev} ({}): the test driver's {case} gets status {want}: {:?}; {}",
+                        if ro { "read-only" } else { "writable" },
+                        requests.markers(&line),
+                        ends(&requests)
+                    ),
+                )?;
+            }
+        }
+        expect(
+            requests.has("L2:BLKREQ dev=virtio1 capacity=2048 ro=1")
+                && requests.field("LAB:RO-IMAGE-REQUESTS", "same") == Some("yes"),
+            "the read-only disk says so, and a write straight to it left the image unchanged",
+        )?;
         let busy = run.section("disk-busy")?;
         expect(
             busy.has("LAB:BAD name=busy rc=1 lines=1 panic=0")

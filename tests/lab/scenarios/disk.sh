@@ -1,12 +1,14 @@
 # lab-needs: disk
 # L2's root filesystem on a virtio-blk disk (root=/dev/vda), with edu passed through, and a
-# second disk for data. Four runs:
+# second disk for data. Five runs:
 # - disk-write: L2 writes a known file on its root, syncs, says so, and minivmm is
 #   SIGKILLed at once; the host image must already hold the data;
 # - disk-check: the same image boots again, the file reads back with its checksum, and a
 #   random write/verify run (and a sequential one) passes on /dev/vdb;
 # - disk-ro: /dev/vdb with readonly=on: L2 sees it read-only, its write fails, and the
 #   image is unchanged;
+# - disk-requests: a test driver's malformed requests (and a write straight to a read-only
+#   disk) get the error statuses;
 # - disk-busy: a second minivmm on the image the first holds is refused in one line.
 . /lab/lab.sh
 edu=0000:00:01.0
@@ -63,6 +65,19 @@ wait "$pid"
 rc=$?
 echo "LAB:RO-IMAGE same=$([ "$before" = "$(md5sum < /tmp/data.img | cut -d' ' -f1)" ] && echo yes || echo no)"
 finish disk-ro
+
+echo "LAB:BEGIN disk-requests"
+# The test driver's malformed requests, on a writable disk (virtio0) and a read-only one
+# (virtio1); L2 boots from its initramfs.
+dd if=/dev/zero of=/tmp/ro.img bs=1M count=1 2>/dev/null
+ro_before=$(md5sum < /tmp/ro.img | cut -d' ' -f1)
+: > /tmp/l2.log
+timeout -s KILL "$VMM_TIMEOUT" minivmm --disk /tmp/data.img --disk /tmp/ro.img,readonly=on \
+  --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" --cmdline "$L2_CMDLINE_MINIVMM l2.disk=requests" \
+  --memory 256M </dev/null >/tmp/l2.log 2>/tmp/vmm.err
+rc=$?
+echo "LAB:RO-IMAGE-REQUESTS same=$([ "$ro_before" = "$(md5sum < /tmp/ro.img | cut -d' ' -f1)" ] && echo yes || echo no)"
+finish disk-requests
 
 echo "LAB:BEGIN disk-busy"
 # A guest that holds the root image (it waits after writing), and a second VMM asking for it.

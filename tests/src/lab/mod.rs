@@ -39,6 +39,8 @@ pub struct Lab {
     pub busybox: PathBuf,
     /// The disk benchmark's tool for L2 (tests/lab/blkbench), static.
     pub blkbench: PathBuf,
+    /// The L2 test driver of malformed virtio-blk requests (tests/lab/blk-requests).
+    pub blk_requests: PathBuf,
     /// The minivmm binary copied into L1.
     pub minivmm: PathBuf,
     /// The L2 driver that proves MSI delivery (built by `prepare`).
@@ -194,7 +196,16 @@ impl Lab {
         let mbochs = cache.join("mbochs/mbochs.ko");
         let link_probe = cache.join("link-probe/link_probe.ko");
         let blkbench = cache.join("blkbench/blkbench");
-        for needed in [&kernel, &busybox, &edu_msi, &mbochs, &link_probe, &blkbench] {
+        let blk_requests = cache.join("blk-requests/blk_requests.ko");
+        for needed in [
+            &kernel,
+            &busybox,
+            &edu_msi,
+            &mbochs,
+            &link_probe,
+            &blkbench,
+            &blk_requests,
+        ] {
             if !needed.is_file() {
                 return Err(format!(
                     "{} is missing: run tests/lab/prepare",
@@ -229,6 +240,7 @@ impl Lab {
         }
         Ok(Lab {
             blkbench,
+            blk_requests,
             edu_msi,
             mbochs,
             link_probe,
@@ -368,6 +380,7 @@ impl Lab {
         if extras.disk {
             modules.extend(image::L2_DISK_MODULES);
             tree.copy("usr/bin/blkbench", &self.blkbench)?;
+            tree.copy("lib/modules/blk_requests.ko", &self.blk_requests)?;
         }
         image::add_modules(&mut tree, &self.kernel_root, &self.kernel_version, &modules)?;
         for script in ["l2-devices", "l2-machine", "l2-disk"] {
