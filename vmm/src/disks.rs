@@ -130,7 +130,6 @@ fn lock(file: &File, readonly: bool) -> Result<(), String> {
 /// One disk's device, its queue and the thread serving it.
 struct Disk {
     name: String,
-    address: PciAddress,
     function: Arc<Mutex<VirtioPci>>,
     image: Arc<DiskImage>,
     queue: SharedQueue,
@@ -231,7 +230,6 @@ pub fn attach(images: Vec<OpenImage>, at: Attach<'_>) -> Result<Disks, Error> {
         );
         disks.push(Disk {
             name,
-            address,
             function,
             image,
             queue,
@@ -245,14 +243,6 @@ pub fn attach(images: Vec<OpenImage>, at: Attach<'_>) -> Result<Disks, Error> {
 }
 
 impl Disks {
-    /// Where each disk is in the guest, for the report.
-    pub fn addresses(&self) -> Vec<(String, PciAddress)> {
-        self.disks
-            .iter()
-            .map(|d| (d.name.clone(), d.address))
-            .collect()
-    }
-
     /// Start each disk's I/O thread, confined to its seccomp filter.
     pub fn start(&mut self, memory: &GuestMemory, sandbox: Sandbox) -> std::io::Result<()> {
         for (i, disk) in self.disks.iter_mut().enumerate() {
@@ -277,24 +267,14 @@ impl Disks {
         Ok(())
     }
 
-    /// Back to the state at hand-off, for a guest reboot: every queue stopped, the
-    /// configuration as placed.
-    pub fn reset(&self) {
-        for disk in &self.disks {
-            disk.function
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .reset();
-        }
-    }
-
     /// A handle that resets the disks from another thread (the rebooter).
     pub fn resetter(&self) -> Resetter {
         Resetter(self.disks.iter().map(|d| d.function.clone()).collect())
     }
 }
 
-/// Resets the disks' functions (see [`Disks::reset`]).
+/// Resets the disks' functions for a guest reboot (every queue stopped, the configuration
+/// as placed), from the thread that reboots.
 #[derive(Clone, Default)]
 pub struct Resetter(Vec<Arc<Mutex<VirtioPci>>>);
 
