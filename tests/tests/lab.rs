@@ -707,7 +707,7 @@ fn bench_passthrough_checks(run: &LabRun, mem: &str) -> Checked {
         m <= q,
         format!("{TIMING}{mem}: minivmm makes the device usable no later than QEMU"),
     )?;
-    // Each VMM's DMA maps are timed twice, once in each order: the sums compare.
+    // Each VMM's DMA maps are timed once (one run each, under strace).
     let map = |vmm: &str, key: &str| -> f64 {
         run.markers(&format!("LAB:PTDMA vmm={vmm} mem={mem} "))
             .iter()
@@ -717,14 +717,14 @@ fn bench_passthrough_checks(run: &LabRun, mem: &str) -> Checked {
     let (q_map, m_map) = (map("qemu", "map_ms"), map("minivmm", "map_ms"));
     let (q_calls, m_calls) = (map("qemu", "calls"), map("minivmm", "calls"));
     println!(
-        "passthrough bench {mem}: VFIO_IOMMU_MAP_DMA time over two runs (strace)  \
+        "passthrough bench {mem}: VFIO_IOMMU_MAP_DMA time (strace)  \
          qemu {q_map:.1} ms in {q_calls} calls, minivmm {m_map:.1} ms in {m_calls} \
          calls (ratio {:.3})",
         m_map / q_map
     );
     expect(
-        q_calls >= 2.0 && m_calls >= 2.0,
-        format!("{mem}: both VMMs' DMA maps were traced, twice each"),
+        q_calls >= 1.0 && m_calls >= 1.0,
+        format!("{mem}: both VMMs' DMA maps were traced"),
     )?;
     expect(
         q_map > 0.0 && m_map > 0.0,
