@@ -5,7 +5,7 @@
 //!
 //! Checked: clap accepts `--gpu=TEXT` exactly when the `--gpu` parser does and keeps what
 //! it parsed; a parsed value is consistent (a PCI address in the kernel's form, a mediated
-//! device path, `vbios=` paths only with an image), and writing it back out parses to the
+//! device path, `vbios=` paths only with an image or `rom=auto`), and writing it back out parses to the
 //! same value.
 
 #![no_main]
@@ -14,7 +14,7 @@ use clap::Parser;
 use libfuzzer_sys::fuzz_target;
 use minivmm::cli::{parse_pci_address, Args};
 use minivmm::config::{parse_size, SerialMode};
-use minivmm::passthrough::{GpuArg, GpuSpec};
+use minivmm::passthrough::{GpuArg, GpuSpec, RomChoice};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -56,7 +56,10 @@ fn check(arg: &GpuArg) {
         GpuSpec::Mdev(path) => assert!(path.is_absolute()),
     }
     if arg.vbios.vfct || arg.vbios.atrm || arg.vbios.setup {
-        assert!(arg.rom.is_some(), "vbios paths without an image: {arg:?}");
+        assert!(
+            arg.rom != RomChoice::Own,
+            "vbios paths without an image: {arg:?}"
+        );
     }
     let again: GpuArg = render(arg).parse().expect("a written-out value parses");
     assert_eq!(&again, arg);
@@ -65,8 +68,13 @@ fn check(arg: &GpuArg) {
 /// `arg` as a `--gpu` value.
 fn render(arg: &GpuArg) -> String {
     let mut text = arg.device.to_string();
-    if let Some(rom) = &arg.rom {
-        text += &format!(",rom={}", rom.to_str().unwrap());
+    let rom = match &arg.rom {
+        RomChoice::File(path) => Some(path.to_str().unwrap().to_string()),
+        RomChoice::Auto => Some("auto".to_string()),
+        RomChoice::Own => None,
+    };
+    if let Some(rom) = rom {
+        text += &format!(",rom={rom}");
         let paths: Vec<&str> = [
             (arg.vbios.rom_bar, "rombar"),
             (arg.vbios.vfct, "vfct"),
@@ -83,8 +91,11 @@ fn render(arg: &GpuArg) -> String {
             paths.join("+")
         };
         text += &format!(",vbios={paths}");
-    } else if !arg.vbios.rom_bar {
-        text += ",rombar=off";
+    } else {
+        text += ",rom=none";
+        if !arg.vbios.rom_bar {
+            text += ",rombar=off";
+        }
     }
     if arg.skip_id_check {
         text += ",romcheck=off";

@@ -74,3 +74,25 @@ bad() {
   echo "LAB:BAD name=$name rc=$rc lines=$lines panic=$panic"
   head -n 3 /tmp/bad.err | sed "s/^/LAB:STDERR $name: /"
 }
+
+# The radeon scenarios (radeon, laptop): each guest runs until L2 has said what radeon found
+# (or 240 s), then 10 s more to power off, and is killed after that.
+# run_until_bios NAME COMMAND...: run a VMM with its console in /tmp/l2.log, then print the
+# console, its stderr (LAB:VMM) and LAB:RESULT NAME rc=N.
+run_until_bios() {
+  name=$1
+  shift
+  : > /tmp/l2.log
+  "$@" </dev/null >/tmp/l2.log 2>/tmp/vmm.err &
+  pid=$!
+  wait_for /tmp/l2.log L2:RADEON-BIOS "$pid" $(( $(now_ms) + 240000 )) >/dev/null
+  end=$(( $(now_ms) + 10000 ))
+  while alive "$pid" && [ "$(now_ms)" -lt "$end" ]; do usleep 100000; done
+  alive "$pid" && kill -9 "$pid"
+  wait "$pid"
+  rc=$?
+  cat /tmp/l2.log
+  echo
+  sed 's/^/LAB:VMM /' /tmp/vmm.err
+  echo "LAB:RESULT $name rc=$rc"
+}

@@ -1092,6 +1092,99 @@ fn a_guest_reboot_comes_back_with_its_devices_working_twice() {
 
 #[test]
 #[ignore = "needs the nested lab: run tests/run"]
+fn the_laptop_case_finds_the_vbios_in_the_hosts_vfct_with_no_flags() {
+    // L1's firmware has a VFCT entry for the ati-vga, which has no ROM: `--gpu BDF` alone.
+    run_lab_test(
+        "laptop",
+        &RunOptions::default().param("vfct", "match"),
+        Retry::L1Died,
+        |run| {
+            expect(
+                run.markers("LAB:L1-VFCT ")
+                    .iter()
+                    .any(|l| *l != "LAB:L1-VFCT bytes=0"),
+                "L1's firmware has the VFCT table",
+            )?;
+            let doctor = run.markers("LAB:DOCTOR ");
+            expect(
+                doctor.iter().any(|l| {
+                    l.contains("ok    vbios")
+                        && l.contains("ready")
+                        && l.contains("the host's ACPI VFCT table")
+                }),
+                format!("doctor says ready, with the VFCT as the source: {doctor:?}"),
+            )?;
+            let auto = run.section("laptop-auto")?;
+            let vmm = auto.markers("LAB:VMM ");
+            expect(
+                vmm.iter().any(|l| {
+                    l.contains("0000:00:08.0: VBIOS from the host's ACPI VFCT table (39936 bytes)")
+                }),
+                format!("one line says where the image came from: {vmm:?}"),
+            )?;
+            expect(
+                auto.has("L2:RADEON-BIOS found")
+                    && auto
+                        .markers("L2:RADEON ")
+                        .iter()
+                        .any(|l| l.contains("COMBIOS detected")),
+                format!(
+                    "with no rom=, radeon finds the BIOS ({:?}); the section ends: {}",
+                    auto.markers("L2:RADEON"),
+                    ends(&auto)
+                ),
+            )?;
+            let none = run.section("laptop-none")?;
+            expect(
+                none.has("L2:RADEON-BIOS missing")
+                    && none
+                        .markers("L2:RADEON ")
+                        .iter()
+                        .any(|l| l.contains("Unable to locate a BIOS ROM")),
+                format!(
+                    "rom=none: radeon logs \"Unable to locate a BIOS ROM\" ({:?}); the section ends: {}",
+                    none.markers("L2:RADEON"),
+                    ends(&none)
+                ),
+            )?;
+            expect(
+                !none.markers("LAB:VMM ").iter().any(|l| l.contains("VBIOS")),
+                "rom=none looks for nothing and says nothing about a VBIOS",
+            )
+        },
+    );
+    // The entry at its address is for other IDs: not used, and one warning says so.
+    run_lab_test(
+        "laptop",
+        &RunOptions::default().param("vfct", "other"),
+        Retry::L1Died,
+        |run| {
+            let auto = run.section("laptop-auto")?;
+            let vmm = auto.markers("LAB:VMM ");
+            let warnings: Vec<&&str> = vmm.iter().filter(|l| l.contains("WARN")).collect();
+            expect(
+                warnings.len() == 1
+                    && warnings.first().is_some_and(|w| {
+                        w.contains("no VBIOS for this display controller")
+                            && w.contains("its VFCT entry is for 1002:6660")
+                            && w.contains("rom=FILE")
+                    }),
+                format!("one warning names the unused entry and what to do: {vmm:?}"),
+            )?;
+            expect(
+                auto.has("L2:RADEON-BIOS missing"),
+                format!(
+                    "the guest boots anyway, and radeon finds no BIOS ({:?}); the section ends: {}",
+                    auto.markers("L2:RADEON"),
+                    ends(&auto)
+                ),
+            )
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the nested lab: run tests/run"]
 fn vga_on_shows_the_guests_vgacon_text_on_l1s_screen() {
     lab_test("vga", |run| {
         let l2 = run.section("vga")?;

@@ -63,8 +63,10 @@ pub struct Args {
     /// Pass a host device through with VFIO: a PCI address (0000:01:00.0 or 01:00.0)
     /// bound to vfio-pci, or a mediated device's sysfs path. Repeat for more devices; the
     /// functions of one host slot stay one multi-function device in the guest. Options
-    /// after commas: rom=FILE (the VBIOS to serve), rombar=off, vbios=rombar+vfct+atrm+setup
-    /// (where the guest finds the image; all four by default with rom=), romcheck=off,
+    /// after commas: rom=auto|none|FILE (the VBIOS to serve; auto, the default, finds one on
+    /// the host for a display controller whose ROM BAR has none: the ACPI VFCT table, then
+    /// amdgpu's debugfs copy), rombar=off, vbios=rombar+vfct+atrm+setup (where the guest
+    /// finds the image; all four by default with an image), romcheck=off,
     /// bus=root (no root port), quirks=off, vga=on (the legacy VGA ranges to this device).
     #[arg(long, value_name = "DEVICE[,OPTIONS]")]
     pub gpu: Vec<GpuArg>,

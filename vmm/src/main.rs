@@ -246,7 +246,11 @@ fn init_logging(verbose: u8, trace: &[Trace]) {
         _ => "debug",
     };
     // vfio-ioctls warns about optional IRQ indexes a device lacks; only its errors count.
+    // Where each device's VBIOS comes from is said even without -v (one line per image).
     let mut filter = format!("{level},vfio_ioctls=error");
+    if verbose == 0 {
+        filter.push_str(",minivmm::passthrough::open=info");
+    }
     for t in trace {
         filter = format!("{filter},{}", t.directive());
     }

@@ -185,20 +185,7 @@ pub(crate) mod tests {
 
     /// A checksummed 2 KiB legacy image for 1002:6660.
     pub(crate) fn image() -> Vec<u8> {
-        let mut image = vec![0u8; 2048];
-        image[0] = 0x55;
-        image[1] = 0xaa;
-        image[2] = 4;
-        image[0x18] = 0x40;
-        image[0x40..0x44].copy_from_slice(b"PCIR");
-        image[0x44..0x46].copy_from_slice(&0x1002u16.to_le_bytes());
-        image[0x46..0x48].copy_from_slice(&0x6660u16.to_le_bytes());
-        image[0x4f] = 0x03;
-        image[0x50] = 4;
-        image[0x55] = 0x80;
-        let sum = image.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-        image[2047] = 0u8.wrapping_sub(sum);
-        image
+        crate::host::vbios_source::tests::rom_for((0x1002, 0x6660), 0)
     }
 
     #[test]

@@ -22,26 +22,6 @@ CMDLINE="$L2_CMDLINE l2.radeon=1 drm.debug=0x1"
 # radeon found (or 240 s: a slow L1 has taken over 60 s to get QEMU's guest that far), then
 # 10 s more to power off, and is killed after that. The markers decide, not the exit.
 
-# run_until_bios NAME COMMAND...: run a VMM with its console in /tmp/l2.log, then print the
-# console, its stderr (LAB:VMM) and LAB:RESULT NAME rc=N.
-run_until_bios() {
-  name=$1
-  shift
-  : > /tmp/l2.log
-  "$@" </dev/null >/tmp/l2.log 2>/tmp/vmm.err &
-  pid=$!
-  wait_for /tmp/l2.log L2:RADEON-BIOS "$pid" $(( $(now_ms) + 240000 )) >/dev/null
-  end=$(( $(now_ms) + 10000 ))
-  while alive "$pid" && [ "$(now_ms)" -lt "$end" ]; do usleep 100000; done
-  alive "$pid" && kill -9 "$pid"
-  wait "$pid"
-  rc=$?
-  cat /tmp/l2.log
-  echo
-  sed 's/^/LAB:VMM /' /tmp/vmm.err
-  echo "LAB:RESULT $name rc=$rc"
-}
-
 if [ "$(lab_param paths all)" = all ]; then
   echo "LAB:BEGIN radeon-qemu"
   run_until_bios radeon-qemu qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256M \

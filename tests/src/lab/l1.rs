@@ -29,6 +29,8 @@ pub struct L1Extras<'a> {
     pub big_bar: Option<&'a Path>,
     /// `sole-vga`: no ati-vga, so that VGA alone answers the legacy VGA ranges.
     pub sole_vga: bool,
+    /// `vfct`: this ACPI VFCT table in L1's firmware.
+    pub vfct: Option<&'a Path>,
 }
 
 /// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
@@ -114,6 +116,10 @@ pub fn command(
                 file.display()
             ))
             .args(["-device", "ivshmem-plain,memdev=big,addr=0c.0"]);
+    }
+    if let Some(table) = extras.vfct {
+        cmd.arg("-acpitable")
+            .arg(format!("file={}", table.display()));
     }
     cmd.arg("-kernel")
         .arg(kernel)

@@ -300,9 +300,21 @@ impl Lab {
         };
         // The big BAR's backing file is sparse and only lives for the run.
         let big_bar = needs("big-bar").then(|| run_dir.join("big-bar.mem"));
+        // A VFCT table in L1's firmware, as a laptop's carries its dGPU's VBIOS.
+        let vfct = if needs("vfct") {
+            let ids = opts
+                .params
+                .iter()
+                .find(|(key, _)| key == "vfct")
+                .map_or("match", |(_, value)| value.as_str());
+            Some(l1_vfct(&run_dir, ids)?)
+        } else {
+            None
+        };
         let extras = l1::L1Extras {
             big_bar: big_bar.as_deref(),
             sole_vga: needs("sole-vga"),
+            vfct: vfct.as_deref(),
         };
         let cmd = l1::command(&self.kernel, &l1, &cmdline, &log_path, &sockets, &extras);
         let watched = l1::run_watched(cmd, &log_path, &sockets, opts);
@@ -443,6 +455,35 @@ impl Lab {
         }
         tree.write_gz(dest)
     }
+}
+
+/// The ati-vga (rv100, 1002:5159) at L1's 00:08.0 has no ROM; SeaBIOS's vgabios-ati.bin is
+/// an image for it.
+const ATI_VGABIOS: &str = "/usr/share/seabios/vgabios-ati.bin";
+
+/// An ACPI VFCT table for L1's firmware (QEMU's `-acpitable`) with one image, SeaBIOS's
+/// vgabios-ati.bin, at the ati-vga's address 00:08.0: for its IDs (`which` = `match`), or
+/// for other IDs (`other`: 1002:6660, an entry a VMM must not take for it).
+fn l1_vfct(run_dir: &Path, which: &str) -> Result<PathBuf> {
+    use minivmm_firmware::acpi::vfct::{build, VfctImage};
+    let rom = fs::read(ATI_VGABIOS).context(|| format!("cannot read {ATI_VGABIOS}"))?;
+    let device_id = match which {
+        "other" => 0x6660,
+        _ => 0x5159,
+    };
+    let table = build(&[VfctImage {
+        bus: 0,
+        device: 8,
+        function: 0,
+        vendor_id: 0x1002,
+        device_id,
+        subsystem_vendor_id: 0,
+        subsystem_id: 0,
+        rom: &rom,
+    }]);
+    let path = run_dir.join("vfct.bin");
+    fs::write(&path, table).context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 /// What goes into L2's initramfs beyond the base, by the scenario's `lab-needs:` lines.

@@ -1,13 +1,17 @@
 //! One `--gpu` value: the device, then options after commas.
 //!
-//! `DEVICE[,rom=FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root][,quirks=off][,vga=on]`
+//! `DEVICE[,rom=auto|none|FILE][,rombar=off][,vbios=PATHS][,romcheck=off][,bus=root][,quirks=off][,vga=on]`
 //! - `rom=FILE`: serve this image as the device's VBIOS instead of the device's own ROM.
+//! - `rom=auto` (the default): a display controller whose own ROM BAR holds no valid image
+//!   gets one from the host (its ACPI VFCT entry, else amdgpu's debugfs copy), served as a
+//!   `rom=FILE` image; other devices, or none found, keep their own ROM.
+//! - `rom=none`: the device's own ROM only, never looked up.
 //! - `rombar=off`: show no ROM in the ROM BAR (the image can still go by `vbios=`).
 //! - `vbios=PATHS`: where the guest finds the image, `+`-separated: `rombar` (the PCI ROM
 //!   BAR), `vfct` (the ACPI VFCT table), `atrm` (an ACPI `ATRM` method under the device's
 //!   node, which radeon/amdgpu call before reading the VFCT, as on laptops with switchable
 //!   graphics), `setup` (a SETUP_PCI boot record, the kernel's platform ROM), or `none`.
-//!   Default with `rom=`: all four.
+//!   Default with an image (`rom=FILE`, or one `rom=auto` found): all four.
 //! - `romcheck=off`: use an image whose vendor/device differ from the device's.
 //! - `bus=root`: put the device's guest slot on bus 0, as minivmm did before root ports;
 //!   `bus=port` (the default) puts it behind a PCIe root port of its own.
@@ -52,13 +56,25 @@ impl VbiosPaths {
     };
 }
 
+/// `rom=`: where the VBIOS the guest sees comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RomChoice {
+    /// The device's own ROM, or for a display controller without a valid one, an image
+    /// the host's firmware or driver holds.
+    Auto,
+    /// The device's own ROM.
+    Own,
+    /// This image file.
+    File(PathBuf),
+}
+
 /// A parsed `--gpu` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuArg {
     /// The device.
     pub device: GpuSpec,
-    /// `rom=`: a VBIOS image file.
-    pub rom: Option<PathBuf>,
+    /// `rom=`.
+    pub rom: RomChoice,
     /// Where the guest finds the VBIOS.
     pub vbios: VbiosPaths,
     /// `romcheck=off`.
@@ -79,7 +95,7 @@ impl std::str::FromStr for GpuArg {
         let device: GpuSpec = parts.next().unwrap_or_default().parse()?;
         let mut arg = GpuArg {
             device,
-            rom: None,
+            rom: RomChoice::Auto,
             vbios: VbiosPaths::ALL,
             skip_id_check: false,
             on_root_bus: false,
@@ -90,7 +106,9 @@ impl std::str::FromStr for GpuArg {
         let mut vbios = None;
         for option in parts {
             match option.split_once('=') {
-                Some(("rom", path)) if !path.is_empty() => arg.rom = Some(path.into()),
+                Some(("rom", "auto")) => arg.rom = RomChoice::Auto,
+                Some(("rom", "none")) => arg.rom = RomChoice::Own,
+                Some(("rom", path)) if !path.is_empty() => arg.rom = RomChoice::File(path.into()),
                 Some(("rombar", "off")) => rom_bar = false,
                 Some(("rombar", "on")) => rom_bar = true,
                 Some(("romcheck", "off")) => arg.skip_id_check = true,
@@ -104,23 +122,26 @@ impl std::str::FromStr for GpuArg {
                 Some(("vga", "off")) => arg.vga = false,
                 _ => {
                     return Err(format!(
-                        "unknown --gpu option '{option}'; use rom=FILE, rombar=off, vbios=rombar+vfct+atrm+setup, romcheck=off, bus=root, quirks=off or vga=on"
+                        "unknown --gpu option '{option}'; use rom=FILE|auto|none, rombar=off, vbios=rombar+vfct+atrm+setup, romcheck=off, bus=root, quirks=off or vga=on"
                     ))
                 }
             }
         }
-        if vbios.is_some() && arg.rom.is_none() {
+        if vbios.is_some() && arg.rom == RomChoice::Own {
             return Err(
-                "vbios= needs rom=FILE: it says where the image from that file goes".into(),
+                "vbios= needs an image (rom=FILE, or rom=auto's): it says where the image goes"
+                    .into(),
             );
         }
-        arg.vbios = vbios.unwrap_or(if arg.rom.is_some() {
-            VbiosPaths::ALL
-        } else {
+        // With rom=auto the paths apply when an image is found; without one the device's
+        // own ROM shows in its ROM BAR only.
+        arg.vbios = vbios.unwrap_or(if arg.rom == RomChoice::Own {
             VbiosPaths {
                 rom_bar: true,
                 ..VbiosPaths::NONE
             }
+        } else {
+            VbiosPaths::ALL
         });
         arg.vbios.rom_bar &= rom_bar;
         Ok(arg)
@@ -151,17 +172,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bare_device_keeps_its_own_rom_in_the_rom_bar() {
+    fn a_bare_device_looks_for_a_vbios_and_rom_none_keeps_its_own() {
         let arg: GpuArg = "01:00.0".parse().unwrap();
         assert_eq!(arg.device, GpuSpec::Pci("0000:01:00.0".into()));
-        assert_eq!(arg.rom, None);
+        assert_eq!(arg.rom, RomChoice::Auto);
+        assert_eq!(arg.vbios, VbiosPaths::ALL, "an image found goes everywhere");
+        let arg: GpuArg = "01:00.0,rom=none".parse().unwrap();
+        assert_eq!(arg.rom, RomChoice::Own);
         assert!(arg.vbios.rom_bar && !arg.vbios.vfct && !arg.vbios.atrm && !arg.vbios.setup);
+        let arg: GpuArg = "01:00.0,rom=none,rom=auto,vbios=vfct".parse().unwrap();
+        assert_eq!(arg.rom, RomChoice::Auto);
+        assert!(arg.vbios.vfct && !arg.vbios.rom_bar);
     }
 
     #[test]
     fn rom_options() {
         let arg: GpuArg = "0000:01:00.0,rom=/tmp/vbios.rom".parse().unwrap();
-        assert_eq!(arg.rom, Some("/tmp/vbios.rom".into()));
+        assert_eq!(arg.rom, RomChoice::File("/tmp/vbios.rom".into()));
         assert_eq!(arg.vbios, VbiosPaths::ALL);
         let arg: GpuArg = "01:00.0,rom=v.rom,vbios=vfct,romcheck=off".parse().unwrap();
         assert!(!arg.vbios.rom_bar && arg.vbios.vfct && !arg.vbios.setup);
@@ -219,8 +246,8 @@ mod tests {
     fn bad_options_say_what_is_accepted() {
         for (text, says) in [
             ("01:00.0,rom=", "unknown --gpu option"),
-            ("01:00.0,colour=red", "rom=FILE"),
-            ("01:00.0,vbios=vfct", "needs rom=FILE"),
+            ("01:00.0,colour=red", "rom=FILE|auto|none"),
+            ("01:00.0,rom=none,vbios=vfct", "needs an image"),
             ("01:00.0,rom=x,vbios=bios", "unknown vbios path"),
             ("01:00.9,rom=x", "not a PCI address"),
         ] {

@@ -39,7 +39,7 @@ use crate::gsi::GsiRouter;
 use crate::host::resources::{host_bars, upstream_link};
 use crate::memory::GuestMemory;
 use crate::vcpu::Buses;
-pub use gpu_arg::GpuArg;
+pub use gpu_arg::{GpuArg, RomChoice};
 use guest_map::GuestMap;
 pub use host_device::GpuSpec;
 use host_device::HostDevice;
@@ -187,25 +187,27 @@ pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
     let mut needs = Vec::new();
     for arg in args {
         let GpuSpec::Pci(bdf) = &arg.device else {
-            if arg.rom.is_some() {
-                open::load_rom(arg, "the mediated device", None)?;
-            }
+            open::load_rom(arg, "the mediated device", None)?;
             continue;
         };
         // A bad image is refused before `--managed` moves or resets the device.
-        if arg.rom.is_some() {
-            let info = crate::host::pci::PciInfo::read(&crate::host::HostRoot::system(), bdf);
-            open::load_rom(arg, bdf, info.map(|i| (i.vendor, i.device)))?;
-        }
+        let info = crate::host::pci::PciInfo::read(&crate::host::HostRoot::system(), bdf);
+        open::load_rom(arg, bdf, info.as_ref().map(|i| (i.vendor, i.device)))?;
         let Some((bars, device_rom)) = host_bars(&sys.join("bus/pci/devices").join(bdf)) else {
             continue;
         };
         let rom = match (&arg.rom, arg.vbios.rom_bar) {
             (_, false) => 0,
-            (Some(path), true) => {
+            (RomChoice::File(path), true) => {
                 std::fs::metadata(path).map_or(0, |m| option_rom::bar_size(m.len() as usize))
             }
-            (None, true) => device_rom,
+            // What rom=auto may serve is not known before the device is open: room for the
+            // larger of its own ROM and the host's image (the plan is made again then).
+            (RomChoice::Auto, true) => info
+                .as_ref()
+                .map_or(0, |i| auto_rom_room(sys, bdf, i))
+                .max(device_rom),
+            (RomChoice::Own, true) => device_rom,
         };
         functions.push(tree_function(bdf, arg));
         needs.push((bdf.clone(), FunctionNeeds { bars, rom }));
@@ -213,6 +215,22 @@ pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
     let slots = topology::arrange(&functions, &first_free_devices()).map_err(Error::Tree)?;
     resources::assign(&slot_needs(&slots, &needs), &root_windows(layout))?;
     Ok(())
+}
+
+/// The ROM BAR room for what `rom=auto` could find on the host for `bdf` (its own ROM is
+/// not read here: the device may still be the host driver's).
+fn auto_rom_room(sys: &Path, bdf: &str, info: &crate::host::pci::PciInfo) -> u64 {
+    let device = crate::host::vbios_source::AutoLookup {
+        bdf,
+        ids: (info.vendor, info.device),
+        class: info.class,
+        own_rom: &[],
+        any_ids: false,
+    };
+    match crate::host::vbios_source::find_auto(sys, &device) {
+        crate::host::vbios_source::AutoRom::Found(image, _) => option_rom::bar_size(image.len()),
+        _ => 0,
+    }
 }
 
 /// Bus-0 device numbers a fresh PCI root leaves free (the host bridge has 0).

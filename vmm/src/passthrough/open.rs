@@ -9,13 +9,15 @@ use kvm_ioctls::VmFd;
 use minivmm_devices::pci::passthrough::{self, RomSource};
 use minivmm_devices::pci::resources::FunctionNeeds;
 use minivmm_firmware::option_rom;
-use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 
+use super::gpu_arg::RomChoice;
 use super::guest_map::GuestMap;
 use super::host_device::HostDevice;
 use super::vfio_function::VfioFunction;
 use super::{name_of, Error, GpuArg};
+use crate::host::vbios_source::{self, AutoLookup, AutoRom};
 
 /// A device opened through VFIO, before its model exists.
 pub(super) struct Opened {
@@ -92,7 +94,7 @@ pub(super) fn load_rom(
     name: &str,
     ids: Option<(u16, u16)>,
 ) -> Result<Option<Arc<[u8]>>, Error> {
-    let Some(path) = &arg.rom else {
+    let RomChoice::File(path) = &arg.rom else {
         return Ok(None);
     };
     let bytes = std::fs::read(path)
@@ -119,6 +121,60 @@ pub(super) fn load_rom(
     Ok(Some(bytes.into()))
 }
 
+/// `rom=auto`: the image the host holds for a display controller whose own ROM BAR has
+/// no valid one (see [`vbios_source::find_auto`]), with one line saying where it came from
+/// or, when there is none, one warning saying what to do. The guest boots either way.
+fn auto_rom(
+    vfio: &VfioDevice,
+    arg: &GpuArg,
+    bdf: &str,
+    ids: (u16, u16),
+    own_rom: &[u8],
+) -> Option<Arc<[u8]>> {
+    let class = config_dword(vfio, 0x08) >> 8;
+    let device = AutoLookup {
+        bdf,
+        ids,
+        class,
+        own_rom,
+        any_ids: arg.skip_id_check,
+    };
+    match vbios_source::find_auto(std::path::Path::new("/sys"), &device) {
+        AutoRom::Own => None,
+        AutoRom::Found(image, source) => {
+            log::info!("{bdf}: VBIOS from {source} ({} bytes)", image.len());
+            Some(image.into())
+        }
+        AutoRom::Missing(why) => {
+            log::warn!(
+                "{bdf}: no VBIOS for this display controller ({why}); its guest driver may not find one: give one with --gpu {bdf},rom=FILE (minivmm rom extract --device {bdf} -o FILE)"
+            );
+            None
+        }
+    }
+}
+
+/// The vendor of the image in a ROM BAR when it is not the device's vendor. The host
+/// kernel shows the boot display's shadowed BIOS (from 0xc0000) as the ROM of a display
+/// controller it takes for the boot device; that is no image for it. (Another device ID
+/// of the same vendor is common in real VBIOS images and is left alone.)
+fn foreign_vendor(rom: &[u8], ids: (u16, u16)) -> Option<u16> {
+    let (vendor, _) = option_rom::parse(rom).ok()?.ids()?;
+    (vendor != ids.0).then_some(vendor)
+}
+
+/// The image in the device's ROM BAR (empty when it has none or it cannot be read).
+fn own_rom(vfio: &VfioDevice) -> Vec<u8> {
+    let size = vfio.get_region_size(VFIO_PCI_ROM_REGION_INDEX);
+    // Larger than any ROM BAR a display controller has: not read.
+    if size == 0 || size > 16 << 20 {
+        return Vec::new();
+    }
+    let mut rom = vec![0u8; size as usize];
+    vfio.region_read(VFIO_PCI_ROM_REGION_INDEX, &mut rom, 0);
+    rom
+}
+
 fn config_dword(vfio: &VfioDevice, offset: u64) -> u32 {
     let mut data = [0u8; 4];
     vfio.region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut data, offset);
@@ -140,13 +196,26 @@ pub(super) fn open_device(
     let id = config_dword(&vfio, 0);
     let subsystem = config_dword(&vfio, 0x2c);
     let ids = (id as u16, (id >> 16) as u16);
-    let image = load_rom(arg, &name, Some(ids))?;
+    let own = own_rom(&vfio);
+    let image = match (&arg.rom, device.bdf()) {
+        (RomChoice::Auto, Some(bdf)) => auto_rom(&vfio, arg, bdf, ids, &own),
+        _ => load_rom(arg, &name, Some(ids))?,
+    };
     let rom = match (&image, arg.vbios.rom_bar) {
         (_, false) => RomSource::None,
         (Some(image), true) => RomSource::Image(image.clone()),
-        (None, true) => RomSource::Device,
+        (None, true) => match foreign_vendor(&own, ids) {
+            Some(vendor) if !arg.skip_id_check => {
+                log::info!(
+                    "{name}: its ROM BAR holds another vendor's image ({vendor:04x}: the host's shadow copy of its boot display's BIOS), so the guest's ROM BAR shows none (romcheck=off shows it)"
+                );
+                RomSource::None
+            }
+            _ => RomSource::Device,
+        },
     };
     let pin = (config_dword(&vfio, 0x3c) >> 8) as u8;
+    let served = image.is_some();
     let host = VfioFunction::new(vfio, name.clone(), map.clone());
     let needs = passthrough::needs(&host, &rom).map_err(|e| Error::Model(name.clone(), e))?;
     Ok(Opened {
@@ -156,11 +225,11 @@ pub(super) fn open_device(
         subsystem: (subsystem as u16, (subsystem >> 16) as u16),
         rom,
         image,
-        vfct: arg.vbios.vfct,
-        atrm: arg.vbios.atrm,
+        vfct: served && arg.vbios.vfct,
+        atrm: served && arg.vbios.atrm,
         quirks: arg.quirks,
         vga: arg.vga,
-        setup: arg.vbios.setup,
+        setup: served && arg.vbios.setup,
         pin,
         needs,
     })

@@ -13,7 +13,7 @@ use super::{Check, Host, Status};
 use crate::host::pci::{blocking_members, driver, group_members, PciInfo, RomReadError, VFIO_PCI};
 use crate::host::reset::{self, ResetPlan};
 use crate::host::resources::host_bars;
-use crate::host::vbios_source;
+use crate::host::vbios_source::{self, AutoRom};
 use crate::passthrough::root_windows;
 
 fn device_check(info: &PciInfo, item: &'static str, status: Status, detail: String) -> Check {
@@ -223,24 +223,33 @@ fn check_vbios(host: &Host, info: &PciInfo) -> Check {
     };
     let extract = format!("minivmm rom extract --device {bdf} -o vbios.rom");
     let serve = format!("--gpu {bdf},rom=vbios.rom");
+    let sys = host.root.sys();
+    // What `--gpu BDF` (rom=auto) will find, as minivmm looks for it when it starts.
+    let lookup = vbios_source::AutoLookup {
+        bdf,
+        ids: (info.vendor, info.device),
+        class: info.class,
+        own_rom: &[],
+        any_ids: false,
+    };
+    if let AutoRom::Found(image, source) = vbios_source::find_auto(&sys, &lookup) {
+        return device_check(
+            info,
+            "vbios",
+            Status::Ok,
+            format!(
+                "ready: ROM BAR: {why}; --gpu {bdf} serves the image from {source} ({} KiB), found by itself (rom=auto)",
+                image.len() >> 10
+            ),
+        );
+    }
     if let Some(size) = vfct_image(host, info) {
         return warn(
             format!(
-                "ROM BAR: {why}; the host's ACPI VFCT table has an image for it ({} KiB)",
+                "ROM BAR: {why}; the host's ACPI VFCT table has an image ({} KiB), but not one rom=auto takes for this device (another address or other IDs)",
                 size >> 10
             ),
-            format!("{extract}, then {serve}"),
-        );
-    }
-    let sys = host.root.sys();
-    let amdgpu_copy = vbios_source::amdgpu_vbios(&sys, bdf).map(|bytes| valid_for(&bytes, info));
-    if let Ok(Ok(size)) = amdgpu_copy {
-        return warn(
-            format!(
-                "ROM BAR: {why}; no VFCT image for it; the host's amdgpu has a copy ({} KiB, from wherever the firmware keeps it: ATRM on laptops)",
-                size >> 10
-            ),
-            format!("{extract} while amdgpu is bound, then {serve}"),
+            format!("{extract}, check it is this device's, then {serve}"),
         );
     }
     let atrm = vbios_source::acpi_tables_with_atrm(&sys);

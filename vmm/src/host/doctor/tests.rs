@@ -272,8 +272,28 @@ fn vfct_table(bdf: (u8, u8, u8), ids: (u16, u16), rom: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn a_vbios_only_in_vfct_is_found_and_the_extract_command_given() {
+fn a_vbios_only_in_vfct_is_ready_for_rom_auto_and_a_bad_one_explained() {
     let host = ready_host();
+    // A valid image for the device at its address: --gpu BDF serves it by itself.
+    let good = vfct_table(
+        (1, 0, 0),
+        (0x1002, 0x6660),
+        &crate::rom_tool::tests::image(),
+    );
+    let path = host.path("sys/firmware/acpi/tables/VFCT");
+    std::fs::write(&path, good).unwrap();
+    let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
+    let vbios = item(&report, "0000:01:00.0", "vbios");
+    assert_eq!(vbios.status, Status::Ok);
+    assert!(
+        vbios.detail.starts_with("ready")
+            && vbios
+                .detail
+                .contains("--gpu 0000:01:00.0 serves the image from the host's ACPI VFCT table"),
+        "{}",
+        vbios.detail
+    );
+    // One that is not valid: named, with the manual steps.
     let table = vfct_table((1, 0, 0), (0x1002, 0x6660), &[0x55, 0xaa, 1, 0]);
     let path = host.path("sys/firmware/acpi/tables/VFCT");
     std::fs::write(&path, table).unwrap();
@@ -324,15 +344,14 @@ fn an_atrm_only_host_is_explained_and_amdgpus_copy_then_named() {
     std::fs::write(&copy, crate::rom_tool::tests::image()).unwrap();
     let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
     let vbios = item(&report, "0000:01:00.0", "vbios");
+    assert_eq!(vbios.status, Status::Ok, "rom=auto serves amdgpu's copy");
     assert!(
-        vbios.detail.contains("the host's amdgpu has a copy (2 KiB"),
+        vbios.detail.starts_with("ready")
+            && vbios
+                .detail
+                .contains("serves the image from amdgpu's copy in debugfs (2 KiB)"),
         "{}",
         vbios.detail
-    );
-    let fix = vbios.fix.clone().unwrap_or_default();
-    assert!(
-        fix.starts_with("minivmm rom extract --device 0000:01:00.0"),
-        "{fix}"
     );
     // A copy for another device is not offered.
     std::fs::write(&copy, [0x55u8, 0xaa, 0, 0]).unwrap();
