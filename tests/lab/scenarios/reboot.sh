@@ -33,11 +33,25 @@ rm -f /tmp/in && mkfifo /tmp/in
 # what this test is about.
 gpus="--gpu $edu --gpu $bochs,rom=none --gpu $audio"
 [ "$(lab_param gpus on)" = off ] && gpus=
+# lab.huge=2M|1G (a probe; the test runs without): guest RAM from L1's huge pages of that
+# size, reserved here (1G: by L1's kernel command line, see tests/src/lab/mod.rs), so a
+# reboot must punch them out of their memfd and start clean.
+mem=256M
+huge=$(lab_param huge "")
+if [ -n "$huge" ]; then
+  case $huge in
+  1G) pool=hugepages-1048576kB pages=1 mem=1G ;;
+  *) pool=hugepages-2048kB pages=128 ;;
+  esac
+  echo "$pages" > "/sys/kernel/mm/hugepages/$pool/nr_hugepages"
+  echo "LAB:HUGEPAGES size=$huge reserved=$(cat "/sys/kernel/mm/hugepages/$pool/nr_hugepages") wanted=$pages"
+  mem="$mem,hugepages=on,hugepage-size=$huge"
+fi
 # shellcheck disable=SC2086
 RUST_LOG=warn,minivmm::passthrough::reset=info,minivmm::reboot=debug,minivmm::vcpu=info \
   timeout -s KILL 800 minivmm $gpus --exit-stats \
   --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-  --cmdline "$L2_CMDLINE_MINIVMM l2.devices=1 l2.reboot=1 memmap=1M\$0x8000000" --memory 256M \
+  --cmdline "$L2_CMDLINE_MINIVMM l2.devices=1 l2.reboot=1 memmap=1M\$0x8000000" --memory "$mem" \
   < /tmp/in > /tmp/l2.log 2>/tmp/vmm.err &
 pid=$!
 exec 3> /tmp/in

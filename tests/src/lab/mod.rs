@@ -292,6 +292,11 @@ impl Lab {
             format!("console=ttyS0 intel_iommu=on iommu=pt panic=-1 lab.scenario={scenario}");
         for (key, value) in &opts.params {
             cmdline.push_str(&format!(" lab.{key}={value}"));
+            // 1 GiB huge pages can only be had at L1's boot (its memory is fragmented by
+            // the time a scenario could reserve one).
+            if key == "huge" && value == "1G" {
+                cmdline.push_str(" hugepagesz=1G hugepages=1");
+            }
         }
         let log_path = run_dir.join("l1.log");
         let sockets = l1::Sockets {
