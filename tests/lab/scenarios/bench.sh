@@ -56,6 +56,8 @@ measure() {
   INIT_MS=NA OWN_KIB=NA guest=NA maps=NA
   if t1=$(wait_for "$log" L2:INIT "$pid" "$deadline"); then INIT_MS=$((t1 - t0)); fi
   if wait_for "$log" L2:HOLD "$pid" "$deadline" >/dev/null; then
+    # What of the VMM's own memory is in transparent huge pages (L1 has THP always).
+    awk '/^[0-9a-f]+-[0-9a-f]+ /{m=$0} $1=="AnonHugePages:" && $2>0 {print "LAB:OWN-THP " $2 " kB " m}' "/proc/$pid/smaps"
     set -- "$1" $(own_mem "$pid")
     OWN_KIB=$2 guest=$3 maps=$4
   fi
