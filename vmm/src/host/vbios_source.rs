@@ -114,6 +114,20 @@ pub struct AutoLookup<'a> {
     pub any_ids: bool,
 }
 
+impl<'a> AutoLookup<'a> {
+    /// A host function as sysfs shows it, before VFIO opens it: its own ROM is not read
+    /// (the host driver may still have it).
+    pub fn unopened(info: &'a super::pci::PciInfo, any_ids: bool) -> Self {
+        AutoLookup {
+            bdf: &info.bdf,
+            ids: (info.vendor, info.device),
+            class: info.class,
+            own_rom: &[],
+            any_ids,
+        }
+    }
+}
+
 /// `rom=auto`: for a display controller (class 03xx) whose ROM BAR holds no valid image
 /// for it, look where a driver on the host would — the ACPI VFCT table's entry for the
 /// device, then the copy amdgpu keeps in debugfs (the way to an image that firmware hands

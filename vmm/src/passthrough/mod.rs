@@ -191,7 +191,12 @@ pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
             continue;
         };
         // A bad image is refused before `--managed` moves or resets the device.
-        let info = crate::host::pci::PciInfo::read(&crate::host::HostRoot::system(), bdf);
+        let info = match arg.rom {
+            RomChoice::Own => None,
+            RomChoice::File(_) | RomChoice::Auto => {
+                crate::host::pci::PciInfo::read(&crate::host::HostRoot::system(), bdf)
+            }
+        };
         open::load_rom(arg, bdf, info.as_ref().map(|i| (i.vendor, i.device)))?;
         let Some((bars, device_rom)) = host_bars(&sys.join("bus/pci/devices").join(bdf)) else {
             continue;
@@ -205,7 +210,7 @@ pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
             // larger of its own ROM and the host's image (the plan is made again then).
             (RomChoice::Auto, true) => info
                 .as_ref()
-                .map_or(0, |i| auto_rom_room(sys, bdf, i))
+                .map_or(0, |i| auto_rom_room(sys, i, arg.skip_id_check))
                 .max(device_rom),
             (RomChoice::Own, true) => device_rom,
         };
@@ -217,16 +222,9 @@ pub fn preflight(args: &[GpuArg], layout: &GuestLayout) -> Result<(), Error> {
     Ok(())
 }
 
-/// The ROM BAR room for what `rom=auto` could find on the host for `bdf` (its own ROM is
-/// not read here: the device may still be the host driver's).
-fn auto_rom_room(sys: &Path, bdf: &str, info: &crate::host::pci::PciInfo) -> u64 {
-    let device = crate::host::vbios_source::AutoLookup {
-        bdf,
-        ids: (info.vendor, info.device),
-        class: info.class,
-        own_rom: &[],
-        any_ids: false,
-    };
+/// The ROM BAR room for what `rom=auto` could find on the host for the function.
+fn auto_rom_room(sys: &Path, info: &crate::host::pci::PciInfo, any_ids: bool) -> u64 {
+    let device = crate::host::vbios_source::AutoLookup::unopened(info, any_ids);
     match crate::host::vbios_source::find_auto(sys, &device) {
         crate::host::vbios_source::AutoRom::Found(image, _) => option_rom::bar_size(image.len()),
         _ => 0,

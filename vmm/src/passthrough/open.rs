@@ -196,7 +196,12 @@ pub(super) fn open_device(
     let id = config_dword(&vfio, 0);
     let subsystem = config_dword(&vfio, 0x2c);
     let ids = (id as u16, (id >> 16) as u16);
-    let own = own_rom(&vfio);
+    // The device's own ROM matters unless a file replaces it: rom=auto judges it, and an
+    // image of another vendor is not shown (a VFIO ROM read of a GPU takes a while).
+    let own = match arg.rom {
+        RomChoice::File(_) => Vec::new(),
+        RomChoice::Auto | RomChoice::Own => own_rom(&vfio),
+    };
     let image = match (&arg.rom, device.bdf()) {
         (RomChoice::Auto, Some(bdf)) => auto_rom(&vfio, arg, bdf, ids, &own),
         _ => load_rom(arg, &name, Some(ids))?,

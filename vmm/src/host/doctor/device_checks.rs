@@ -225,13 +225,7 @@ fn check_vbios(host: &Host, info: &PciInfo) -> Check {
     let serve = format!("--gpu {bdf},rom=vbios.rom");
     let sys = host.root.sys();
     // What `--gpu BDF` (rom=auto) will find, as minivmm looks for it when it starts.
-    let lookup = vbios_source::AutoLookup {
-        bdf,
-        ids: (info.vendor, info.device),
-        class: info.class,
-        own_rom: &[],
-        any_ids: false,
-    };
+    let lookup = vbios_source::AutoLookup::unopened(info, false);
     if let AutoRom::Found(image, source) = vbios_source::find_auto(&sys, &lookup) {
         return device_check(
             info,

@@ -295,7 +295,6 @@ fn a_vbios_only_in_vfct_is_ready_for_rom_auto_and_a_bad_one_explained() {
     );
     // One that is not valid: named, with the manual steps.
     let table = vfct_table((1, 0, 0), (0x1002, 0x6660), &[0x55, 0xaa, 1, 0]);
-    let path = host.path("sys/firmware/acpi/tables/VFCT");
     std::fs::write(&path, table).unwrap();
     let report = run_on(&host, &["0000:01:00.0"], 1 << 30);
     let vbios = item(&report, "0000:01:00.0", "vbios");
