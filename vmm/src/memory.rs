@@ -364,6 +364,12 @@ fn regions(ranges: &[(u64, u64)], huge: Option<HugePageSize>) -> Result<GuestMem
 const PREFAULT_CHUNK: u64 = 256 << 20;
 /// Most prefaulting threads.
 const PREFAULT_THREADS: usize = 8;
+/// Most bytes one `MADV_POPULATE_WRITE` call faults in (or one page, when pages are larger).
+/// The call holds the process's mmap lock for reading throughout, and a thread that maps
+/// anything meanwhile (the next prefault thread's stack, the kernel loader's buffers) waits
+/// for it: one call over a whole share would run the prefault threads one after another and
+/// stall the loader until all are done.
+const PREFAULT_STEP: usize = 32 << 20;
 
 /// Fault every page of guest RAM in, writable, split across threads (one per
 /// [`PREFAULT_CHUNK`], at most the host's CPUs and [`PREFAULT_THREADS`]), before VFIO pins
@@ -376,28 +382,22 @@ pub fn prefault(memory: &GuestMemory) -> std::io::Result<usize> {
     let total: u64 = memory.iter().map(|r| r.len()).sum();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (total / PREFAULT_CHUNK).clamp(1, cpus.min(PREFAULT_THREADS) as u64) as usize;
-    // Each thread takes an equal share of every region, in whole 2 MiB (huge) pages.
-    let mut pieces: Vec<Vec<(usize, usize)>> = vec![Vec::new(); threads];
-    for region in memory.iter() {
-        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
-            continue;
-        };
-        let len = region.len() as usize;
-        let share = len.div_ceil(threads).next_multiple_of(region.page_size());
-        for (i, piece) in pieces.iter_mut().enumerate() {
-            let start = (i * share).min(len);
-            let end = ((i + 1) * share).min(len);
-            if start < end {
-                piece.push((host as usize + start, end - start));
-            }
-        }
-    }
+    let regions: Vec<_> = memory
+        .iter()
+        .filter_map(|region| {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .ok()?;
+            Some((host as usize, region.len() as usize, region.page_size()))
+        })
+        .collect();
+    let plan = prefault_plan(&regions, threads);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = pieces
+        let workers: Vec<_> = plan
             .into_iter()
-            .map(|piece| {
+            .map(|calls| {
                 scope.spawn(move || -> std::io::Result<()> {
-                    for (addr, len) in piece {
+                    for (addr, len) in calls {
                         // SAFETY: `addr..addr + len` lies inside a mapping of guest RAM that
                         // `memory` keeps alive for this scope; populating changes no contents.
                         let rc = unsafe {
@@ -420,6 +420,27 @@ pub fn prefault(memory: &GuestMemory) -> std::io::Result<usize> {
             .collect::<std::io::Result<Vec<()>>>()
     })?;
     Ok(threads)
+}
+
+/// The `madvise` calls of each prefault thread for `regions` (host address, length, page
+/// size): each thread takes an equal share of every region in whole pages, cut into calls
+/// of at most [`PREFAULT_STEP`] bytes (one page when pages are larger).
+fn prefault_plan(regions: &[(usize, usize, usize)], threads: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut plan: Vec<Vec<(usize, usize)>> = vec![Vec::new(); threads];
+    for &(host, len, page) in regions {
+        let share = len.div_ceil(threads).next_multiple_of(page);
+        let step = PREFAULT_STEP.next_multiple_of(page);
+        for (i, calls) in plan.iter_mut().enumerate() {
+            let end = ((i + 1) * share).min(len);
+            let mut start = (i * share).min(len);
+            while start < end {
+                let this = step.min(end - start);
+                calls.push((host + start, this));
+                start += this;
+            }
+        }
+    }
+    plan
 }
 
 /// Register every RAM region as KVM memory slots, slots 0.. in order, leaving out the guest
@@ -551,6 +572,39 @@ mod tests {
 #[cfg(test)]
 mod prefault_tests {
     use super::*;
+
+    #[test]
+    fn each_thread_faults_its_share_in_bounded_calls_that_cover_every_region_once() {
+        const MIB: usize = 1 << 20;
+        let regions = [
+            (0x7f00_0000_0000, 3072 * MIB, 2 * MIB),
+            (0x7f10_0000_0000, 70 * MIB, 4096),
+            (0x7f20_0000_0000, 2048 * MIB, 1024 * MIB),
+        ];
+        let plan = prefault_plan(&regions, 3);
+        assert_eq!(plan.len(), 3);
+        let mut calls: Vec<_> = plan.iter().flatten().copied().collect();
+        calls.sort();
+        for &(host, len, page) in &regions {
+            let mine: Vec<_> = calls
+                .iter()
+                .filter(|(a, _)| (host..host + len).contains(a))
+                .collect();
+            // Contiguous, no gaps or overlaps, from the region's start to its end.
+            let mut at = host;
+            for &&(addr, n) in &mine {
+                assert_eq!(addr, at);
+                assert_eq!(addr % page, 0, "calls start on a page");
+                assert!(n <= PREFAULT_STEP.max(page), "{n} bytes in one call");
+                at += n;
+            }
+            assert_eq!(at, host + len);
+        }
+        // The 3 GiB region is shared out: every thread has calls in it.
+        assert!(plan
+            .iter()
+            .all(|t| t.iter().any(|(a, _)| *a < 0x7f10_0000_0000)));
+    }
 
     /// Pages of `len` bytes at `addr` the kernel has resident (mincore).
     fn resident(addr: *mut u8, len: usize) -> usize {
