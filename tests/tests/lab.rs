@@ -703,9 +703,15 @@ fn bench_passthrough_checks(run: &LabRun, mem: &str) -> Checked {
             format!("{mem}: L1 reserved the huge pages both VMMs take: {huge:?}"),
         )?;
     }
+    // The issue's target is for the 3 GiB guest, where mapping guest RAM is most of a
+    // start: at most half QEMU's time. Smaller guests: no later than QEMU.
+    let target = if mem.starts_with("3G") { 0.5 } else { 1.0 };
     expect(
-        m <= q,
-        format!("{TIMING}{mem}: minivmm makes the device usable no later than QEMU"),
+        m <= target * q,
+        format!(
+            "{TIMING}{mem}: minivmm makes the device usable in at most {target}× QEMU's time \
+             ({m} ms against {q} ms)"
+        ),
     )?;
     // Each VMM's DMA maps are timed once (one run each, under strace).
     let map = |vmm: &str, key: &str| -> f64 {

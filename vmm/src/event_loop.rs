@@ -20,6 +20,9 @@ pub enum Finish {
     Signal(i32),
     /// The user typed Ctrl-A x.
     UserQuit,
+    /// minivmm's side of the machine failed while the guest ran (guest RAM could not be
+    /// DMA-mapped).
+    Host(String),
 }
 
 impl Finish {

@@ -295,6 +295,10 @@ fn report(finish: Finish) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
         Finish::UserQuit => ExitCode::SUCCESS,
+        Finish::Host(reason) => {
+            eprintln!("minivmm: {reason}");
+            ExitCode::from(EXIT_FAILURE)
+        }
         Finish::Signal(signal) => {
             eprintln!("minivmm: stopped by signal {signal}");
             ExitCode::from(128u8.saturating_add(signal as u8))

@@ -1,6 +1,7 @@
 //! Guest RAM: anonymous mappings laid out by [`GuestLayout`], registered as KVM memory slots.
 
 use std::ops::Range;
+use std::sync::atomic::AtomicBool;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -369,18 +370,18 @@ const PREFAULT_THREADS: usize = 8;
 /// anything meanwhile (the next prefault thread's stack, the kernel loader's buffers) waits
 /// for it: one call over a whole share would run the prefault threads one after another and
 /// stall the loader until all are done.
-const PREFAULT_STEP: usize = 32 << 20;
+const PREFAULT_STEP: usize = 8 << 20;
 
 /// Fault every page of guest RAM in, writable, split across threads (one per
-/// [`PREFAULT_CHUNK`], at most the host's CPUs and [`PREFAULT_THREADS`]), before VFIO pins
+/// [`PREFAULT_CHUNK`], at most `cpus` and [`PREFAULT_THREADS`]), before VFIO pins
 /// it: pinning pages that are there is only bookkeeping, while pinning absent ones
 /// allocates and zeroes each on the one thread that holds the container's lock. Contents
 /// are kept (`MADV_POPULATE_WRITE` only faults), so it may run while the kernel is being
 /// written into guest RAM. Returns the threads used; `Err` when the kernel cannot populate
-/// (before Linux 5.14), in which case VFIO faults the pages itself as before.
-pub fn prefault(memory: &GuestMemory) -> std::io::Result<usize> {
+/// (before Linux 5.14), in which case VFIO faults the pages itself as before, and
+/// `Interrupted` once `abandon` is set (checked between calls).
+pub fn prefault(memory: &GuestMemory, cpus: usize, abandon: &AtomicBool) -> std::io::Result<usize> {
     let total: u64 = memory.iter().map(|r| r.len()).sum();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (total / PREFAULT_CHUNK).clamp(1, cpus.min(PREFAULT_THREADS) as u64) as usize;
     let regions: Vec<_> = memory
         .iter()
@@ -398,6 +399,9 @@ pub fn prefault(memory: &GuestMemory) -> std::io::Result<usize> {
             .map(|calls| {
                 scope.spawn(move || -> std::io::Result<()> {
                     for (addr, len) in calls {
+                        if abandon.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(std::io::ErrorKind::Interrupted.into());
+                        }
                         // SAFETY: `addr..addr + len` lies inside a mapping of guest RAM that
                         // `memory` keeps alive for this scope; populating changes no contents.
                         let rc = unsafe {
@@ -606,6 +610,18 @@ mod prefault_tests {
             .all(|t| t.iter().any(|(a, _)| *a < 0x7f10_0000_0000)));
     }
 
+    #[test]
+    fn an_abandoned_prefault_stops_before_faulting_anything() {
+        let len = 64u64 << 20;
+        let memory = from_ranges(&[(0, len)]).unwrap();
+        let host = memory.get_host_address(GuestAddress(0)).unwrap();
+        match prefault(&memory, 4, &AtomicBool::new(true)) {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::Interrupted),
+            Ok(_) => panic!("an abandoned prefault reported success"),
+        }
+        assert!(resident(host, len as usize) < (len as usize) / 4096);
+    }
+
     /// Pages of `len` bytes at `addr` the kernel has resident (mincore).
     fn resident(addr: *mut u8, len: usize) -> usize {
         let pages = len.div_ceil(4096);
@@ -628,7 +644,7 @@ mod prefault_tests {
             .unwrap();
         let host = |at: u64| memory.get_host_address(GuestAddress(at)).unwrap();
         assert!(resident(host(0), len as usize) < (len as usize) / 4096);
-        match prefault(&memory) {
+        match prefault(&memory, 4, &AtomicBool::new(false)) {
             Ok(threads) => assert!(threads >= 1),
             // A kernel before 5.14 cannot populate: nothing to check.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,

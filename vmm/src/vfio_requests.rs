@@ -20,6 +20,7 @@ ioctl_io_nr!(
     VFIO_BASE + 12
 );
 ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE, VFIO_BASE + 13);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
         assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(), 0x3b70);
         assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
+        assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
     }
 }

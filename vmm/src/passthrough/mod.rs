@@ -6,10 +6,12 @@
 //! ([`reset`]: alone when the kernel can, else through their bus), place every
 //! BAR and window as firmware would ([`resources::assign`]), build each function's model
 //! ([`PassthroughFunction`]) behind its port or on bus 0, wire INTx, hand the functions
-//! over with decoding on (their BARs mapped), and DMA-map all guest RAM. MSI/MSI-X are
-//! wired when the guest enables them ([`vfio_function`]). Dropping [`Passthrough`] undoes
-//! all of it. [`preflight`] runs the placement on what sysfs shows before anything is opened.
+//! over with decoding on (their BARs mapped), and start DMA-mapping all guest RAM
+//! ([`dma_map`]: beside the guest's boot, bus mastering held until it is done). MSI/MSI-X
+//! are wired when the guest enables them ([`vfio_function`]). Dropping [`Passthrough`]
+//! undoes all of it. [`preflight`] runs the placement on what sysfs shows before anything is opened.
 
+pub mod dma_map;
 pub mod gpu_arg;
 pub mod guest_map;
 pub mod host_device;
@@ -22,7 +24,6 @@ mod vga;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use minivmm_devices::pci::link::PcieLink;
@@ -39,6 +40,7 @@ use crate::gsi::GsiRouter;
 use crate::host::resources::{host_bars, upstream_link};
 use crate::memory::GuestMemory;
 use crate::vcpu::Buses;
+use dma_map::{DmaGate, DmaMapper};
 pub use gpu_arg::{GpuArg, RomChoice};
 use guest_map::GuestMap;
 pub use host_device::GpuSpec;
@@ -134,7 +136,10 @@ pub struct Passthrough {
     resets: reset::ResetList,
     functions: Vec<SharedFunction>,
     container: Arc<VfioContainer>,
-    dma: Vec<(u64, u64)>,
+    /// Shut until guest RAM is DMA-mapped: holds every function's bus mastering.
+    gate: Arc<DmaGate>,
+    /// The thread mapping guest RAM (`None` until started, and once finished in `drop`).
+    dma: Option<DmaMapper>,
     /// The devices and where the guest sees them.
     pub attached: Vec<Attached>,
     /// VBIOS images for the firmware tables.
@@ -172,6 +177,8 @@ pub struct Attach<'a> {
     pub ram_slots: u32,
     /// Most KVM memory slots.
     pub slot_limit: u32,
+    /// How the DMA-mapping thread confines itself.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// Check the placement of every `--gpu` device on what sysfs shows, before anything is
@@ -310,9 +317,10 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
         at.ram_slots,
         at.slot_limit,
     ));
+    let gate = Arc::new(DmaGate::new());
     let mut opened = Vec::new();
     for (device, arg) in devices.iter().zip(args) {
-        opened.push(Some(open_device(device, arg, &container, &map)?));
+        opened.push(Some(open_device(device, arg, &container, &map, &gate)?));
     }
     // Every group is open now: reset each device, through its bus where it must be.
     let to_reset: Vec<reset::ToReset<'_>> = opened
@@ -337,7 +345,8 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
         resets,
         functions: Vec::new(),
         container: container.clone(),
-        dma: Vec::new(),
+        gate: gate.clone(),
+        dma: None,
         attached: Vec::new(),
         vbios: Vec::new(),
         pci: PciLayout {
@@ -406,7 +415,11 @@ pub fn attach(args: &[GpuArg], at: Attach<'_>) -> Result<Option<Passthrough>, Er
                 .map_err(|e| Error::Vm(e.to_string()))?;
         }
     }
-    passthrough.dma_map(at.memory)?;
+    // Guest RAM is mapped beside the kernel's loading and the guest's boot; the gate holds
+    // bus mastering until it is done.
+    let mapper = DmaMapper::start(container, at.memory.clone(), gate, at.sandbox)
+        .map_err(|e| Error::Vfio(format!("cannot start the DMA-mapping thread: {e}")))?;
+    passthrough.dma = Some(mapper);
     Ok(Some(passthrough))
 }
 
@@ -500,6 +513,9 @@ impl Passthrough {
     /// bus mastering off), the devices reset as at start, then each function's view built
     /// again from its configuration space and handed off as firmware leaves it.
     pub fn reset(&mut self) -> Result<(), Error> {
+        // A reboot before guest RAM is mapped waits for it: the restarted guest's devices
+        // come back as at start, with RAM mapped.
+        self.gate.wait().map_err(Error::Vfio)?;
         for function in &self.functions {
             function.lock().unwrap_or_else(|e| e.into_inner()).quiesce();
         }
@@ -513,49 +529,26 @@ impl Passthrough {
         Ok(())
     }
 
-    /// Give the devices' DMA all of guest RAM, at guest-physical addresses.
-    fn dma_map(&mut self, memory: &GuestMemory) -> Result<(), Error> {
-        let start = Instant::now();
-        match crate::memory::prefault(memory) {
-            Ok(threads) => log::info!(
-                "prefaulted guest RAM on {threads} thread(s) in {:.1} ms",
-                start.elapsed().as_secs_f64() * 1000.0
-            ),
-            Err(e) => log::info!("guest RAM not prefaulted ({e}): VFIO faults it in"),
-        }
-        let start = Instant::now();
-        for region in memory.iter() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| Error::Vm(format!("guest RAM: {e}")))?;
-            let (iova, len) = (region.start_addr().0, region.len());
-            // SAFETY: `host..host + len` is guest RAM, which the VM keeps mapped until after
-            // this struct (and so the DMA mapping) is gone; guest RAM is only ever accessed
-            // through volatile vm-memory accessors, as DMA-shared memory requires.
-            unsafe { self.container.vfio_dma_map(iova, len as usize, host) }.map_err(|e| {
-                Error::Vfio(format!(
-                    "cannot DMA-map guest RAM at {iova:#x}+{len:#x}: {e} (raise the locked-memory limit: ulimit -l)"
-                ))
-            })?;
-            self.dma.push((iova, len));
-        }
-        log::info!(
-            "DMA-mapped {} MiB of guest RAM in {:.1} ms",
-            self.dma.iter().map(|d| d.1).sum::<u64>() >> 20,
-            start.elapsed().as_secs_f64() * 1000.0
-        );
-        Ok(())
+    /// The gate that opens once guest RAM is DMA-mapped.
+    pub fn dma_gate(&self) -> Arc<DmaGate> {
+        self.gate.clone()
     }
 }
 
 impl Drop for Passthrough {
     fn drop(&mut self) {
+        // The mapping stops first: nothing may be mapped after the unmapping below.
+        let mapped = self
+            .dma
+            .take()
+            .map(|mut dma| dma.finish())
+            .unwrap_or_default();
         for function in &self.functions {
             let mut function = function.lock().unwrap_or_else(|e| e.into_inner());
             function.unmap_all();
             function.host_mut().release();
         }
-        for (iova, len) in self.dma.drain(..) {
+        for (iova, len) in mapped {
             if let Err(e) = self.container.vfio_dma_unmap(iova, len as usize) {
                 log::warn!("cannot DMA-unmap {iova:#x}+{len:#x}: {e}");
             }

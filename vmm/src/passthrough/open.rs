@@ -187,6 +187,7 @@ pub(super) fn open_device(
     arg: &GpuArg,
     container: &Arc<VfioContainer>,
     map: &Arc<GuestMap>,
+    gate: &Arc<super::dma_map::DmaGate>,
 ) -> Result<Opened, Error> {
     let name = name_of(device);
     let vfio = VfioDevice::new(&device.sysfs, container.clone(), false)
@@ -221,7 +222,7 @@ pub(super) fn open_device(
     };
     let pin = (config_dword(&vfio, 0x3c) >> 8) as u8;
     let served = image.is_some();
-    let host = VfioFunction::new(vfio, name.clone(), map.clone());
+    let host = VfioFunction::new(vfio, name.clone(), map.clone(), gate.clone());
     let needs = passthrough::needs(&host, &rom).map_err(|e| Error::Model(name.clone(), e))?;
     Ok(Opened {
         host,

@@ -3,6 +3,7 @@
 //! device's mmap (so guest accesses never exit) plus a trap for the rest; MSI, MSI-X and
 //! INTx become irqfds, so no interrupt passes through minivmm.
 
+use super::dma_map::{sets_bus_master, without_bus_master, DmaGate};
 use std::collections::BTreeMap;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
@@ -94,6 +95,8 @@ pub struct VfioFunction {
     rom_reads: Arc<AtomicU64>,
     /// Bytes of configuration space VFIO offers (256 or 4096).
     config_size: u64,
+    /// Holds the guest's bus-master enable until guest RAM is DMA-mapped.
+    gate: Arc<DmaGate>,
 }
 
 impl std::fmt::Debug for VfioFunction {
@@ -134,7 +137,12 @@ impl Drop for VfioFunction {
 
 impl VfioFunction {
     /// The host side of `device`, before its model exists.
-    pub fn new(device: Arc<VfioDevice>, name: String, map: Arc<GuestMap>) -> Self {
+    pub fn new(
+        device: Arc<VfioDevice>,
+        name: String,
+        map: Arc<GuestMap>,
+        gate: Arc<DmaGate>,
+    ) -> Self {
         VfioFunction {
             config_size: device.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX),
             device: ManuallyDrop::new(device),
@@ -147,6 +155,7 @@ impl VfioFunction {
             intx: None,
             trapped: Arc::default(),
             rom_reads: Arc::default(),
+            gate,
         }
     }
 
@@ -502,6 +511,16 @@ impl HostFunction for VfioFunction {
     fn write_config(&self, offset: u16, data: &[u8]) {
         if u64::from(offset) + data.len() as u64 > self.config_size {
             return;
+        }
+        // No DMA before guest RAM is mapped: the device may master only once it is.
+        if sets_bus_master(offset, data) {
+            if let Err(why) = self.gate.wait() {
+                log::error!("{}: bus mastering kept off: {why}", self.name);
+                let data = without_bus_master(offset, data);
+                self.device
+                    .region_write(VFIO_PCI_CONFIG_REGION_INDEX, &data, u64::from(offset));
+                return;
+            }
         }
         self.device
             .region_write(VFIO_PCI_CONFIG_REGION_INDEX, data, u64::from(offset));

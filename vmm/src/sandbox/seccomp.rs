@@ -23,7 +23,8 @@ use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 use super::SeccompMode;
 use crate::vfio_requests::{
     VFIO_DEVICE_GET_INFO, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_DEVICE_PCI_HOT_RESET,
-    VFIO_DEVICE_RESET, VFIO_DEVICE_SET_IRQS, VFIO_GROUP_UNSET_CONTAINER, VFIO_IOMMU_UNMAP_DMA,
+    VFIO_DEVICE_RESET, VFIO_DEVICE_SET_IRQS, VFIO_GROUP_UNSET_CONTAINER, VFIO_IOMMU_MAP_DMA,
+    VFIO_IOMMU_UNMAP_DMA,
 };
 
 /// The threads minivmm starts, each with its own filter.
@@ -38,6 +39,8 @@ pub enum ThreadKind {
     /// A disk's I/O thread: its image read and written at offsets into guest memory,
     /// flushed, and eventfds (the queue's, the irqfds).
     Disk,
+    /// The thread that prefaults guest RAM (on threads it starts) and DMA-maps it.
+    DmaMap,
 }
 
 const KVMIO: u32 = 0xae;
@@ -130,9 +133,11 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         VFIO_IOMMU_UNMAP_DMA(),
         VFIO_GROUP_UNSET_CONTAINER(),
     ];
+    let dma_map = [VFIO_IOMMU_MAP_DMA()];
     let list: &[libc::c_ulong] = match kind {
         ThreadKind::Vcpu => &vcpu,
         ThreadKind::Main => &main,
+        ThreadKind::DmaMap => &dma_map,
         ThreadKind::Loader | ThreadKind::Disk => &[],
     };
     list.iter()
@@ -193,6 +198,21 @@ fn specific(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_set_robust_list,
             libc::SYS_rseq,
             libc::SYS_prctl,
+            libc::SYS_sched_getaffinity,
+        ],
+        // The prefault threads started (their stacks mapped under the common rules), and
+        // the id changes of giving up root: glibc makes every thread of the process do
+        // them, and this thread may still be mapping then (after it, none can regain root).
+        ThreadKind::DmaMap => &[
+            libc::SYS_setgroups,
+            libc::SYS_setresgid,
+            libc::SYS_setresuid,
+            // drop_to's check that root is gone for good (setuid(0) must fail).
+            libc::SYS_setuid,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
             libc::SYS_sched_getaffinity,
         ],
         ThreadKind::Disk => &[
@@ -443,12 +463,37 @@ mod tests {
     }
 
     #[test]
+    fn the_dma_mapper_may_map_dma_and_start_threads_but_not_open_files_or_unmap_dma() {
+        let (open, map, unmap, thread) = under_filter(ThreadKind::DmaMap, || {
+            // SAFETY: plain system calls on invalid descriptors and a static path.
+            let calls = unsafe {
+                (
+                    errno_of(libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64),
+                    errno_of(libc::ioctl(-1, VFIO_IOMMU_MAP_DMA()) as i64),
+                    errno_of(libc::ioctl(-1, VFIO_IOMMU_UNMAP_DMA()) as i64),
+                )
+            };
+            let thread = std::thread::spawn(|| 7).join().ok();
+            (calls.0, calls.1, calls.2, thread)
+        });
+        assert_eq!(open, libc::EPERM, "open");
+        assert_eq!(map, libc::EBADF, "VFIO_IOMMU_MAP_DMA reaches the kernel");
+        assert_eq!(
+            unmap,
+            libc::EPERM,
+            "VFIO_IOMMU_UNMAP_DMA is the main thread's"
+        );
+        assert_eq!(thread, Some(7), "prefault threads can be started");
+    }
+
+    #[test]
     fn no_thread_may_map_executable_memory() {
         for kind in [
             ThreadKind::Main,
             ThreadKind::Vcpu,
             ThreadKind::Loader,
             ThreadKind::Disk,
+            ThreadKind::DmaMap,
         ] {
             let (data, code) = under_filter(kind, || {
                 let map = |prot| {

@@ -85,6 +85,7 @@ impl Machine {
                 memory,
                 ram_slots,
                 slot_limit: window_slot,
+                sandbox: config.sandbox,
             },
         )?;
         // Disks take the bus-0 slots the passed-through devices left.

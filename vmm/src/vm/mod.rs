@@ -310,6 +310,10 @@ impl Vm {
             events.add_subscriber(forwarder.clone());
             RawTerminal::enter()
         });
+        // A failed DMA mapping of guest RAM ends the run (it continues once the guest runs).
+        if let Some(passthrough) = &self.passthrough {
+            passthrough.dma_gate().watch(state.clone());
+        }
         // Everything that needs root is open or done: the guest runs without it.
         self.sandbox.drop_privileges().map_err(Error::Sandbox)?;
         self.disks
