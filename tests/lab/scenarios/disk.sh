@@ -39,9 +39,12 @@ finish() {
 
 echo "LAB:BEGIN disk-write"
 start_disks write
-if wait_for /tmp/l2.log L2:SYNCED "$pid" $(( $(now_ms) + VMM_TIMEOUT * 1000 )) >/dev/null; then
+# The whole report line (the guest's console sends it in pieces), then the kill at once.
+t0=$(wait_for /tmp/l2.log L2:SYNCED "$pid" $(( $(now_ms) + VMM_TIMEOUT * 1000 )))
+if t1=$(wait_for /tmp/l2.log "L2:SYNCED sum=[0-9a-f]* bytes=[0-9]" "$pid" $(( $(now_ms) + 10000 ))); then
   kill -9 "$pid"
 fi
+echo "LAB:SYNCED-LINE first=${t0:-NA} whole=${t1:-NA}"
 wait "$pid"
 rc=$?
 # What the host image holds once the VMM is gone (no unmount, no shutdown: a crash).

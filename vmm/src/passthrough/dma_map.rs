@@ -169,6 +169,12 @@ impl DmaMapper {
         &self.gate
     }
 
+    /// Tell the mapping to stop at its next check (between calls), without waiting: the run
+    /// is ending, and a vCPU held at the gate must be let go before the vCPUs are stopped.
+    pub fn abandon(&self) {
+        self.abandon.store(true, Ordering::Relaxed);
+    }
+
     /// Stop the mapping where it is (between calls) and return what was mapped.
     pub fn finish(&mut self) -> Vec<(u64, u64)> {
         self.abandon.store(true, Ordering::Relaxed);

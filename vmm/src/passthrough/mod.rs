@@ -529,6 +529,14 @@ impl Passthrough {
         Ok(())
     }
 
+    /// The run is ending: stop mapping guest RAM (a vCPU held at the gate then goes on with
+    /// bus mastering off); what was mapped is unmapped on drop.
+    pub fn stop_dma_map(&self) {
+        if let Some(dma) = &self.dma {
+            dma.abandon();
+        }
+    }
+
     /// The gate that opens once guest RAM is DMA-mapped.
     pub fn dma_gate(&self) -> Arc<DmaGate> {
         self.gate.clone()

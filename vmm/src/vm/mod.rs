@@ -359,6 +359,11 @@ impl Vm {
             let (Some(resetter), Some(why)) = (rebooter.as_mut(), reboot_reason(&finish)) else {
                 break finish;
             };
+            // A vCPU held at the DMA gate parks only once the mapping is done, which the
+            // reset waits for anyway.
+            if let Some(passthrough) = &self.passthrough {
+                let _ = passthrough.dma_gate().wait();
+            }
             let parked = threads.park();
             if let Err(stuck) = parked {
                 // As below: the stuck threads may still use the VM and guest RAM.
@@ -388,6 +393,9 @@ impl Vm {
                 }
             }
         };
+        if let Some(passthrough) = &self.passthrough {
+            passthrough.stop_dma_map();
+        }
         let stuck = threads.stop();
         if !stuck.is_empty() {
             // Guest RAM, the BAR mappings and the VFIO files stay as they are: the process
