@@ -19,6 +19,9 @@ use crate::event_loop::{Finish, RunState};
 use crate::memory::GuestMemory;
 use crate::sandbox::{Sandbox, ThreadKind};
 
+/// Why a mapping that was told to stop did not finish.
+const ABANDONED: &str = "DMA mapping abandoned: the VM is going away";
+
 /// Where the mapping of guest RAM stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Mapping {
@@ -101,25 +104,28 @@ impl Default for DmaGate {
     }
 }
 
-/// `data` written at configuration offset `offset` sets Bus Master Enable (bit 2 of the
-/// Command register at 0x04).
+/// The Command register's offset in configuration space, and its Bus Master Enable bit.
+const COMMAND: u16 = 0x04;
+const BUS_MASTER: u8 = 0x04;
+
+/// Where the Command register's low byte sits in a write at `offset` (if the write is long
+/// enough to reach it).
+fn command_byte(offset: u16) -> Option<usize> {
+    COMMAND.checked_sub(offset).map(usize::from)
+}
+
+/// `data` written at configuration offset `offset` sets Bus Master Enable.
 pub fn sets_bus_master(offset: u16, data: &[u8]) -> bool {
-    const COMMAND: u16 = 0x04;
-    const MASTER: u8 = 0x04;
-    COMMAND
-        .checked_sub(offset)
-        .and_then(|at| data.get(usize::from(at)))
-        .is_some_and(|command| command & MASTER != 0)
+    command_byte(offset)
+        .and_then(|at| data.get(at))
+        .is_some_and(|command| command & BUS_MASTER != 0)
 }
 
 /// The same write with Bus Master Enable cleared.
 pub fn without_bus_master(offset: u16, data: &[u8]) -> Vec<u8> {
     let mut data = data.to_vec();
-    if let Some(command) = 0x04u16
-        .checked_sub(offset)
-        .and_then(|at| data.get_mut(usize::from(at)))
-    {
-        *command &= !0x04;
+    if let Some(command) = command_byte(offset).and_then(|at| data.get_mut(at)) {
+        *command &= !BUS_MASTER;
     }
     data
 }
@@ -162,11 +168,6 @@ impl DmaMapper {
             abandon,
             thread: Some(thread),
         })
-    }
-
-    /// The gate the mapping opens.
-    pub fn gate(&self) -> &Arc<DmaGate> {
-        &self.gate
     }
 
     /// Tell the mapping to stop at its next check (between calls), without waiting: the run
@@ -215,15 +216,13 @@ fn map_all(
             "prefaulted guest RAM on {threads} thread(s) in {:.1} ms",
             start.elapsed().as_secs_f64() * 1000.0
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-            return Err("DMA mapping abandoned: the VM is going away".into())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(ABANDONED.into()),
         Err(e) => log::info!("guest RAM not prefaulted ({e}): VFIO faults it in"),
     }
     let start = Instant::now();
     for region in memory.iter() {
         if abandon.load(Ordering::Relaxed) {
-            return Err("DMA mapping abandoned: the VM is going away".into());
+            return Err(ABANDONED.into());
         }
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))

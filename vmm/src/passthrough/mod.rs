@@ -9,7 +9,8 @@
 //! over with decoding on (their BARs mapped), and start DMA-mapping all guest RAM
 //! ([`dma_map`]: beside the guest's boot, bus mastering held until it is done). MSI/MSI-X
 //! are wired when the guest enables them ([`vfio_function`]). Dropping [`Passthrough`]
-//! undoes all of it. [`preflight`] runs the placement on what sysfs shows before anything is opened.
+//! undoes all of it. [`preflight`] runs the placement on what sysfs shows before anything
+//! is opened.
 
 pub mod dma_map;
 pub mod gpu_arg;
@@ -538,8 +539,8 @@ impl Passthrough {
     }
 
     /// The gate that opens once guest RAM is DMA-mapped.
-    pub fn dma_gate(&self) -> Arc<DmaGate> {
-        self.gate.clone()
+    pub fn dma_gate(&self) -> &DmaGate {
+        &self.gate
     }
 }
 
