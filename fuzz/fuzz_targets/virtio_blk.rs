@@ -105,7 +105,7 @@ fn checksum(path: &std::path::Path) -> (u64, u64) {
 fn run(queue: &mut Queue, mem: &GuestMemoryMmap, disk: &DiskImage) {
     let (used_before, next_avail) = (queue.next_used(), queue.next_avail());
     let avail = queue.avail_idx(mem, Ordering::Acquire).ok();
-    let _ = process_queue(queue, mem, disk);
+    let _ = process_queue(queue, mem, disk, None);
     let completed = queue.next_used().wrapping_sub(used_before);
     if let Some(avail) = avail {
         let offered = avail.0.wrapping_sub(next_avail);

@@ -5,8 +5,10 @@ L2_INITRD=/lab/l2/initrd.gz
 L2_CMDLINE="console=ttyS0 panic=-1"
 # minivmm's default console: its MMIO console UART (vmm/src/config.rs, DEFAULT_CMDLINE).
 L2_CMDLINE_MINIVMM="console=uart8250,mmio,0xfe000000 panic=-1"
-# A guest that has not powered off by then is stuck: every VMM run is bounded.
-VMM_TIMEOUT=180
+# A guest that has not powered off by then is stuck: every VMM run is bounded, and below
+# the harness's 150 s of console silence, so a stuck guest's console and its VMM's stderr
+# still reach the log (a silent L1 is killed and says nothing about which run hung).
+VMM_TIMEOUT=130
 
 # lab_param NAME DEFAULT: the value of lab.NAME=VALUE on L1's kernel command line.
 lab_param() {
@@ -85,7 +87,7 @@ run_until_bios() {
   : > /tmp/l2.log
   "$@" </dev/null >/tmp/l2.log 2>/tmp/vmm.err &
   pid=$!
-  wait_for /tmp/l2.log L2:RADEON-BIOS "$pid" $(( $(now_ms) + 240000 )) >/dev/null
+  wait_for /tmp/l2.log L2:RADEON-BIOS "$pid" $(( $(now_ms) + VMM_TIMEOUT * 1000 )) >/dev/null
   end=$(( $(now_ms) + 10000 ))
   while alive "$pid" && [ "$(now_ms)" -lt "$end" ]; do usleep 100000; done
   alive "$pid" && kill -9 "$pid"

@@ -18,6 +18,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use minivmm_devices::pci::msi::MsiVector;
 use minivmm_devices::pci::{DevFn, PciAddress, PciRoot};
 use minivmm_devices::virtio::block::{self, DiskImage};
+use minivmm_devices::virtio::block_io::IoHelper;
 use minivmm_devices::virtio::interrupts::{Interrupts, MsiSink, NO_VECTOR};
 use minivmm_devices::virtio::pci::{
     self as virtio_pci, BarMover, Parts, QueueState, SharedQueue, VirtioPci,
@@ -246,6 +247,10 @@ impl Disks {
     /// Start each disk's I/O thread, confined to its seccomp filter.
     pub fn start(&mut self, memory: &GuestMemory, sandbox: Sandbox) -> std::io::Result<()> {
         for (i, disk) in self.disks.iter_mut().enumerate() {
+            // Started here, after root is given up, under the I/O thread's own filter.
+            let helper = IoHelper::spawn(format!("disk{i}-io"), move || {
+                sandbox.confine(ThreadKind::Disk).map_err(|e| e.to_string())
+            })?;
             let io = Io {
                 kick: disk.kick.try_clone()?,
                 stop: disk.stop.try_clone()?,
@@ -253,6 +258,7 @@ impl Disks {
                 image: disk.image.clone(),
                 interrupts: disk.interrupts.clone(),
                 memory: memory.clone(),
+                helper,
             };
             disk.thread = Some(std::thread::Builder::new().name(format!("disk{i}")).spawn(
                 move || {
@@ -318,6 +324,8 @@ struct Io {
     image: Arc<DiskImage>,
     interrupts: Arc<Interrupts>,
     memory: GuestMemory,
+    /// Takes half of each large request (see `block_io`).
+    helper: IoHelper,
 }
 
 impl Io {
@@ -358,7 +366,12 @@ impl Io {
         if !state.active {
             return;
         }
-        match block::process_queue(&mut state.queue, &self.memory, &self.image) {
+        match block::process_queue(
+            &mut state.queue,
+            &self.memory,
+            &self.image,
+            Some(&self.helper),
+        ) {
             Ok(true) => {
                 let vector = state.vector;
                 drop(state);

@@ -26,15 +26,19 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::block_io::{self, IoHelper};
+
 /// Bytes per sector: the unit of the header's `sector` and of the capacity.
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of a request header.
 const HEADER_SIZE: usize = 16;
-/// Descriptors per request the device accepts (and tells the guest, `seg_max`, leaving
-/// room for the header and the status).
-pub const SEG_MAX: u32 = 126;
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// Data descriptors per request the device accepts (and tells the guest, `seg_max`): as
+/// many as the queue holds, less the header and the status, as QEMU offers too. Linux cuts
+/// its requests at this many segments, so a 1 MiB request of scattered 4 KiB pages goes
+/// as two requests rather than three at half the limit.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Most descriptors one chain may have before the device stops reading it (a guest that
 /// builds a longer one through indirect tables gets an error status).
 const MAX_SEGMENTS: usize = SEG_MAX as usize + 2;
@@ -141,6 +145,7 @@ pub fn process_queue<M: GuestMemoryBackend>(
     queue: &mut Queue,
     mem: &M,
     disk: &DiskImage,
+    helper: Option<&IoHelper>,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used = false;
     let mut empty_rounds = 0;
@@ -149,7 +154,7 @@ pub fn process_queue<M: GuestMemoryBackend>(
         let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let written = execute(mem, chain, disk);
+            let written = execute(mem, chain, disk, helper);
             queue.add_used(mem, head, written)?;
             used = true;
             popped = true;
@@ -171,12 +176,17 @@ pub fn process_queue<M: GuestMemoryBackend>(
 }
 
 /// Carry out one request; returns the bytes written into the chain (data and status).
-fn execute<M: GuestMemoryBackend>(mem: &M, chain: DescriptorChain<&M>, disk: &DiskImage) -> u32 {
+fn execute<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: DescriptorChain<&M>,
+    disk: &DiskImage,
+    helper: Option<&IoHelper>,
+) -> u32 {
     let Some(parts) = split(mem, chain) else {
         log::debug!("virtio-blk: a request without a status byte");
         return 0;
     };
-    let (status, data) = match run(mem, &parts, disk) {
+    let (status, data) = match run(mem, &parts, disk, helper) {
         Ok(data) => (VIRTIO_BLK_S_OK, data),
         Err(Failure::Status(status, why)) => {
             log::debug!("virtio-blk: request failed: {why}");
@@ -258,7 +268,12 @@ fn total(segments: &[Segment]) -> u64 {
 }
 
 /// What the request asked; returns the data bytes written into guest memory.
-fn run<M: GuestMemoryBackend>(mem: &M, parts: &Parts, disk: &DiskImage) -> Result<u32, Failure> {
+fn run<M: GuestMemoryBackend>(
+    mem: &M,
+    parts: &Parts,
+    disk: &DiskImage,
+    helper: Option<&IoHelper>,
+) -> Result<u32, Failure> {
     let header = parts
         .header
         .ok_or(Failure::Status(VIRTIO_BLK_S_IOERR, "no whole header"))?;
@@ -292,7 +307,7 @@ fn run<M: GuestMemoryBackend>(mem: &M, parts: &Parts, disk: &DiskImage) -> Resul
                         .is_some_and(|end| end <= disk.sectors * SECTOR_SIZE)
                 })
                 .ok_or(ioerr("sectors past the end of the disk"))?;
-            transfer(mem, data, disk, offset, write)?;
+            transfer(mem, data, disk, offset, write, helper)?;
             Ok(if write { 0 } else { len as u32 })
         }
         VIRTIO_BLK_T_FLUSH => {
@@ -316,13 +331,15 @@ fn run<M: GuestMemoryBackend>(mem: &M, parts: &Parts, disk: &DiskImage) -> Resul
     }
 }
 
-/// Move `segments` of guest memory to (`write`) or from the image at byte `offset`.
+/// Move `segments` of guest memory to (`write`) or from the image at byte `offset`, half
+/// of a large one on `helper`.
 fn transfer<M: GuestMemoryBackend>(
     mem: &M,
     segments: &[Segment],
     disk: &DiskImage,
     offset: u64,
     write: bool,
+    helper: Option<&IoHelper>,
 ) -> Result<(), Failure> {
     let mut iovecs = Vec::with_capacity(segments.len());
     for segment in segments {
@@ -337,56 +354,11 @@ fn transfer<M: GuestMemoryBackend>(
             });
         }
     }
-    let mut done = 0u64;
-    let wanted = total(segments);
-    let mut iovecs = &mut iovecs[..];
-    while done < wanted {
-        let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        let at = (offset + done) as libc::off_t;
-        let fd = disk.file.as_raw_fd();
-        // SAFETY: every iovec points into guest RAM that `mem` keeps mapped for this call
-        // (slices were bounds-checked by vm-memory), `count` is at most the vector's length,
-        // and the file descriptor is the image's, open for this DiskImage's life.
-        let n = unsafe {
-            if write {
-                libc::pwritev(fd, iovecs.as_ptr(), count, at)
-            } else {
-                libc::preadv(fd, iovecs.as_ptr(), count, at)
-            }
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Failure::Io(e));
-        }
-        if n == 0 {
-            return Err(Failure::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the image is shorter than its size said",
-            )));
-        }
-        done += n as u64;
-        iovecs = advance(iovecs, n as usize);
-    }
-    Ok(())
-}
-
-/// Drop the first `n` bytes from `iovecs` (after a short transfer).
-fn advance(iovecs: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
-    let mut first = 0;
-    while let Some(iov) = iovecs.get_mut(first) {
-        if n < iov.iov_len {
-            // SAFETY: `n` is less than the buffer's length, so the new base stays inside it.
-            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
-            iov.iov_len -= n;
-            break;
-        }
-        n -= iov.iov_len;
-        first += 1;
-    }
-    iovecs.get_mut(first..).unwrap_or_default()
+    // SAFETY: every iovec points into guest RAM that `mem` keeps mapped for this call (the
+    // slices were bounds-checked by vm-memory), and the file descriptor is the image's,
+    // open for this DiskImage's life.
+    unsafe { block_io::transfer(disk.file.as_raw_fd(), iovecs, offset, write, helper) }
+        .map_err(Failure::Io)
 }
 
 #[cfg(test)]

@@ -19,6 +19,11 @@ const OUTSIDE: u64 = 0x4000_0000;
 
 /// A fresh image file of 64 sectors, each sector filled with its number.
 fn image(name: &str) -> (std::path::PathBuf, File) {
+    image_of(name, IMAGE_SECTORS)
+}
+
+/// A fresh image file of `sectors` sectors, each filled with its number (mod 256).
+fn image_of(name: &str, sectors: u64) -> (std::path::PathBuf, File) {
     let path = std::env::temp_dir().join(format!("minivmm-blk-{name}-{}.img", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -27,7 +32,7 @@ fn image(name: &str) -> (std::path::PathBuf, File) {
         .truncate(true)
         .open(&path)
         .unwrap();
-    for sector in 0..IMAGE_SECTORS {
+    for sector in 0..sectors {
         file.write_all(&[sector as u8; SECTOR_SIZE as usize])
             .unwrap();
     }
@@ -50,6 +55,8 @@ struct Driver {
     queue: Queue,
     next_desc: u16,
     requests: u16,
+    /// The I/O thread's helper, when the test gives it one.
+    helper: Option<IoHelper>,
 }
 
 impl Driver {
@@ -65,6 +72,7 @@ impl Driver {
             queue,
             next_desc: 0,
             requests: 0,
+            helper: None,
         }
     }
 
@@ -95,7 +103,7 @@ impl Driver {
             .collect();
         self.mock.add_desc_chains(&descs, first).unwrap();
         self.next_desc += buffers.len() as u16;
-        process_queue(&mut self.queue, self.mem, disk).unwrap();
+        process_queue(&mut self.queue, self.mem, disk, self.helper.as_ref()).unwrap();
         assert_eq!(
             self.queue.next_used(),
             self.requests + 1,
@@ -173,6 +181,70 @@ fn a_write_reaches_the_image_and_reads_back_across_segments() {
     );
     assert_eq!((len, status), (1537, OK), "data and status written");
     assert_eq!(driver.read(back, 1536), pattern);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_large_request_is_shared_with_the_helper_and_lands_whole() {
+    let sectors = 2048; // 1 MiB
+    let (path, file) = image_of("helper", sectors);
+    let disk = DiskImage::new(file, false, "minivmm-disk-0").unwrap();
+    let mut driver = Driver::new();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = started.clone();
+    driver.helper = Some(
+        IoHelper::spawn("test-helper".into(), move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap(),
+    );
+    // 384 KiB in three descriptors of unequal size: the cut falls inside the second.
+    let len = 384 << 10;
+    let pattern: Vec<u8> = (0..len as u32).map(|i| (i * 13 % 251) as u8).collect();
+    driver
+        .mem
+        .write_slice(&pattern, GuestAddress(DATA))
+        .unwrap();
+    driver.header(VIRTIO_BLK_T_OUT, 100);
+    let parts = [
+        (DATA, 64 << 10),
+        (DATA + (64 << 10), 256 << 10),
+        (DATA + (320 << 10), 64 << 10),
+    ];
+    let mut chain: Chain = vec![(HEADER, 16, false)];
+    chain.extend(parts.iter().map(|&(addr, len)| (addr, len as u32, false)));
+    chain.push((STATUS, 1, true));
+    assert_eq!(driver.submit(&disk, &chain), (1, OK));
+    assert!(
+        started.load(std::sync::atomic::Ordering::SeqCst),
+        "the helper never ran"
+    );
+    assert_eq!(file_bytes(&path, 100 * 512, len), pattern);
+    assert_eq!(
+        file_bytes(&path, 99 * 512, 512),
+        vec![99u8; 512],
+        "the sector before"
+    );
+    let after = 100 + len as u64 / 512;
+    assert_eq!(
+        file_bytes(&path, after * 512, 512),
+        vec![after as u8; 512],
+        "the one after"
+    );
+
+    driver.header(VIRTIO_BLK_T_IN, 100);
+    let back = DATA + 0x80_0000;
+    let (used, status) = driver.submit(
+        &disk,
+        &[
+            (HEADER, 16, false),
+            (back, len as u32, true),
+            (STATUS, 1, true),
+        ],
+    );
+    assert_eq!((used, status), (len as u32 + 1, OK));
+    assert_eq!(driver.read(back, len), pattern);
     std::fs::remove_file(path).unwrap();
 }
 
@@ -367,7 +439,7 @@ fn an_available_index_out_of_range_does_not_spin_the_device() {
         .mem
         .write_obj(1000u16, GuestAddress(avail_idx))
         .unwrap();
-    assert!(process_queue(&mut driver.queue, driver.mem, &disk).is_ok());
+    assert!(process_queue(&mut driver.queue, driver.mem, &disk, None).is_ok());
     assert_eq!(driver.queue.next_used(), 0, "nothing completed");
     std::fs::remove_file(path).unwrap();
 }

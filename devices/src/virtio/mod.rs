@@ -4,6 +4,7 @@
 //! notify address, and completes by irqfd.
 
 pub mod block;
+pub mod block_io;
 pub mod interrupts;
 pub mod pci;
 

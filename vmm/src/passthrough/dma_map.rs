@@ -74,6 +74,11 @@ impl DmaGate {
         }
     }
 
+    /// The mapping is still running: a [`DmaGate::wait`] now would block.
+    pub fn pending(&self) -> bool {
+        self.lock().mapping == Mapping::Running
+    }
+
     /// Record how the mapping ended and wake every waiter; a failure ends the run.
     fn settle(&self, result: Result<(), String>) {
         let mut state = self.lock();
@@ -307,7 +312,9 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "the gate let a waiter through early");
+        assert!(gate.pending());
         gate.settle(Ok(()));
+        assert!(!gate.pending());
         assert_eq!(waiter.join().unwrap(), Ok(()));
         assert_eq!(gate.wait(), Ok(()));
     }

@@ -514,7 +514,16 @@ impl HostFunction for VfioFunction {
         }
         // No DMA before guest RAM is mapped: the device may master only once it is.
         if sets_bus_master(offset, data) {
-            if let Err(why) = self.gate.wait() {
+            let waits = self.gate.pending().then(|| {
+                log::info!("{}: bus mastering waits for guest RAM's DMA map", self.name);
+                std::time::Instant::now()
+            });
+            let mapped = self.gate.wait();
+            if let Some(since) = waits {
+                let ms = since.elapsed().as_secs_f64() * 1000.0;
+                log::info!("{}: bus mastering waited {ms:.1} ms", self.name);
+            }
+            if let Err(why) = mapped {
                 log::error!("{}: bus mastering kept off: {why}", self.name);
                 let data = without_bus_master(offset, data);
                 self.device
