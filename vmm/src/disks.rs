@@ -194,13 +194,19 @@ pub fn attach(images: Vec<OpenImage>, at: Attach<'_>) -> Result<Disks, Error> {
         .map_err(vm_error)?;
         let interrupts = Arc::new(Interrupts::new(Box::new(sink), virtio_pci::vector_count(1)));
         let kicks = vec![kick.try_clone().map_err(|e| vm_error(e.to_string()))?];
+        let notify: Arc<[EventFd]> =
+            Arc::from([kick.try_clone().map_err(|e| vm_error(e.to_string()))?]);
+        // One mover: the function keeps it for the guest's BAR moves, and a clone of it
+        // maps BAR 0 where it was placed, as firmware hands it over.
+        let mut placed = None;
         let function = Arc::new_cyclic(|me: &Weak<Mutex<VirtioPci>>| {
             let mover = KvmBar {
                 vm: at.vm.clone(),
                 buses: Arc::downgrade(at.buses),
                 function: me.clone(),
-                kicks: kicks.iter().filter_map(|k| k.try_clone().ok()).collect(),
+                kicks: notify,
             };
+            placed = Some(mover.clone());
             Mutex::new(VirtioPci::new(
                 Parts {
                     device: image.clone(),
@@ -212,15 +218,9 @@ pub fn attach(images: Vec<OpenImage>, at: Attach<'_>) -> Result<Disks, Error> {
                 bar,
             ))
         });
-        // Mapped where it was placed, as firmware hands it over.
-        KvmBar {
-            vm: at.vm.clone(),
-            buses: Arc::downgrade(at.buses),
-            function: Arc::downgrade(&function),
-            kicks: vec![kick.try_clone().map_err(|e| vm_error(e.to_string()))?],
+        if let Some(mover) = placed {
+            mover.map(bar).map_err(vm_error)?;
         }
-        .map(bar)
-        .map_err(vm_error)?;
         at.root
             .add(DevFn::new(device, 0), Box::new(function.clone()))
             .map_err(|e| vm_error(e.to_string()))?;
@@ -446,11 +446,12 @@ impl MsiSink for KvmMsi {
 }
 
 /// Moves a disk's BAR 0: its MMIO bus entry and its notify ioeventfd.
+#[derive(Clone)]
 struct KvmBar {
     vm: Arc<VmFd>,
     buses: Weak<Buses>,
     function: Weak<Mutex<VirtioPci>>,
-    kicks: Vec<EventFd>,
+    kicks: Arc<[EventFd]>,
 }
 
 impl KvmBar {
