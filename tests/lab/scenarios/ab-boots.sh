@@ -12,6 +12,20 @@
 n=$(lab_param n 10)
 mflags=$(lab_param mflags "" | tr '+' ' ')
 trace=$(lab_param trace 0)
+# lab.only=minivmm boots minivmm alone (more boots per L1); lab.huge=1 backs minivmm's
+# guest RAM with L1's 2 MiB huge pages (--memory 256M,hugepages=on).
+only=$(lab_param only both)
+# lab.cpus=N gives each guest N vCPUs (default 2).
+cpus=$(lab_param cpus 2)
+# lab.pin=CPU runs each VMM (every thread of it) on that one L1 CPU.
+pin=$(lab_param pin "")
+pinned() { if [ -n "$pin" ]; then taskset -c "$pin" "$@"; else "$@"; fi; }
+mem=256M
+if [ "$(lab_param huge 0)" = 1 ]; then
+  echo 128 > /proc/sys/vm/nr_hugepages
+  echo "LAB:HUGEPAGES reserved=$(cat /proc/sys/vm/nr_hugepages)"
+  mem=256M,hugepages=on
+fi
 VMM_TIMEOUT=90
 tracing=/sys/kernel/tracing
 if [ "$trace" = 1 ]; then
@@ -27,15 +41,15 @@ boot() {
   t0=$(now_ms)
   case $1 in
   qemu)
-    qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256M -smp 2 -nodefaults \
+    pinned qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256M -smp "$cpus" -nodefaults \
       -display none -monitor none -no-reboot -serial "file:$log" \
       -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$L2_CMDLINE" </dev/null >"$log.err" 2>&1 &
     ;;
   minivmm)
     # shellcheck disable=SC2086
     # --no-reboot, as QEMU's -no-reboot: a guest that triple-faults ends its run.
-    minivmm --no-reboot $mflags --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
-      --cmdline "$L2_CMDLINE_MINIVMM" --memory 256M --cpus 2 --serial stdio \
+    pinned minivmm --no-reboot $mflags --kernel "$L2_KERNEL" --initramfs "$L2_INITRD" \
+      --cmdline "$L2_CMDLINE_MINIVMM" --memory "$mem" --cpus "$cpus" --serial stdio \
       </dev/null >"$log" 2>"$log.err" &
     ;;
   esac
@@ -50,7 +64,7 @@ boot() {
   rc=$?
   nproc=$(sed -n 's/.*L2:NPROC=\([0-9]*\).*/\1/p' "$log" | head -n 1)
   ok=1
-  [ "$t1" != NA ] && [ "$rc" = 0 ] && [ "$nproc" = 2 ] || ok=0
+  [ "$t1" != NA ] && [ "$rc" = 0 ] && [ "$nproc" = "$cpus" ] || ok=0
   echo "LAB:AB vmm=$1 pair=$2 ok=$ok rc=$rc nproc=${nproc:-NA} ms=$(( ${t1/NA/$(now_ms)} - t0 ))"
   [ "$trace" = 1 ] && echo "LAB:TRACED vmm=$1 pair=$2 events=$(grep -vc '^#' "$tracing/trace")"
   if [ "$ok" = 0 ]; then
@@ -60,8 +74,16 @@ boot() {
   fi
 }
 
+# What L1's KVM runs with (probes set these through LAB_L1_ARGS, see the lab's README).
+for f in /sys/module/kvm_amd/parameters/*; do
+  printf '%s=%s ' "${f##*/}" "$(cat "$f" 2>/dev/null)"
+done | sed 's/^/LAB:KVM_AMD /'
+echo
+
 for i in $(seq 1 "$n"); do
-  if [ $((i % 2)) = 1 ]; then
+  if [ "$only" = minivmm ]; then
+    boot minivmm "$i"
+  elif [ $((i % 2)) = 1 ]; then
     boot qemu "$i"
     boot minivmm "$i"
   else

@@ -60,16 +60,19 @@ pub fn command(
     sockets: &Sockets,
     extras: &L1Extras,
 ) -> Command {
+    // Probes of the lab itself (tests/lab/README.md) may change L1's CPU model and count.
+    let cpu = std::env::var("LAB_L1_CPU").unwrap_or_else(|_| "max".to_string());
+    let cpus = std::env::var("LAB_L1_SMP").unwrap_or_else(|_| "2".to_string());
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
         "tcg",
         "-cpu",
-        "max",
+        &cpu,
         "-machine",
         "q35,kernel-irqchip=split",
     ])
-    .args(["-smp", "2", "-m", "4G", "-nodefaults", "-vga", "none"])
+    .args(["-smp", &cpus, "-m", "4G", "-nodefaults", "-vga", "none"])
     .args([
         "-device",
         "intel-iommu,intremap=on",

@@ -298,6 +298,11 @@ impl Lab {
                 cmdline.push_str(" hugepagesz=1G hugepages=1");
             }
         }
+        // Probes of the lab itself (README): more of L1's kernel command line.
+        if let Ok(extra) = std::env::var("LAB_L1_ARGS") {
+            cmdline.push(' ');
+            cmdline.push_str(&extra);
+        }
         let log_path = run_dir.join("l1.log");
         let sockets = l1::Sockets {
             monitor: run_dir.join("monitor.sock"),
