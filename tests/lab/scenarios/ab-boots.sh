@@ -1,3 +1,4 @@
+# lab-needs: two-cpus
 # lab-needs: qemu
 # The failure-rate count of issue 15: n pairs of 2-vCPU boots of the same L2 kernel and
 # initramfs (256M), QEMU (-accel kvm) and minivmm alternating (QEMU first in odd pairs,

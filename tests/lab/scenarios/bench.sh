@@ -1,3 +1,4 @@
+# lab-needs: two-cpus
 # lab-needs: qemu
 # The peer benchmark, one run in one L1: the same L2 kernel, initramfs, 256M and 1 vCPU under
 # QEMU (-accel kvm) and under minivmm. For each VMM it reports the time from starting the VMM

@@ -1,3 +1,4 @@
+# lab-needs: two-cpus
 # lab-needs: qemu
 # lab-needs: disk
 # The disk benchmark, side by side with QEMU in one L1: the same 128 MiB raw image (in L1's

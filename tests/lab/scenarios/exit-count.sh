@@ -1,3 +1,4 @@
+# lab-needs: two-cpus
 # lab-needs: qemu
 # A probe of the lab, not a test: what one L2 boot costs L1's KVM, counted from its
 # kvm:kvm_exit trace events. The bench guest (256M, 1 vCPU) boots to L2:POWEROFF under

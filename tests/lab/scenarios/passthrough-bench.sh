@@ -1,3 +1,4 @@
+# lab-needs: two-cpus
 # lab-needs: qemu
 # The passthrough benchmark against QEMU, one run in one L1: edu on vfio-pci, the same L2
 # kernel and initramfs, at 256M and at 1G of guest RAM (lab.mem=...; a size with +huge,

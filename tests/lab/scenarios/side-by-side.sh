@@ -1,3 +1,4 @@
+# lab-needs: two-cpus
 # A probe of the lab itself, not a test: two loops of plain minivmm boots (256M, 1 vCPU)
 # side by side for lab.secs seconds (default 240), both of L1's CPUs running a guest. Each
 # boot is good when L2 reaches /init, powers off and minivmm exits 0. Under MTTCG this load

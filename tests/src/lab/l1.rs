@@ -31,6 +31,8 @@ pub struct L1Extras<'a> {
     pub sole_vga: bool,
     /// `vfct`: this ACPI VFCT table in L1's firmware.
     pub vfct: Option<&'a Path>,
+    /// L1's CPU count: 2 for `two-cpus`, else 1.
+    pub cpus: &'a str,
 }
 
 /// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
@@ -60,9 +62,8 @@ pub fn command(
     sockets: &Sockets,
     extras: &L1Extras,
 ) -> Command {
-    // Probes of the lab itself (tests/lab/README.md) may change L1's CPU model and count.
+    // Probes of the lab itself (tests/lab/README.md) may change L1's CPU model.
     let cpu = std::env::var("LAB_L1_CPU").unwrap_or_else(|_| "max".to_string());
-    let cpus = std::env::var("LAB_L1_SMP").unwrap_or_else(|_| "2".to_string());
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -72,7 +73,15 @@ pub fn command(
         "-machine",
         "q35,kernel-irqchip=split",
     ])
-    .args(["-smp", &cpus, "-m", "4G", "-nodefaults", "-vga", "none"])
+    .args([
+        "-smp",
+        extras.cpus,
+        "-m",
+        "4G",
+        "-nodefaults",
+        "-vga",
+        "none",
+    ])
     .args([
         "-device",
         "intel-iommu,intremap=on",

@@ -321,10 +321,17 @@ impl Lab {
         } else {
             None
         };
+        // One CPU in L1 unless the scenario measures parallel work (`lab-needs: two-cpus`):
+        // TCG's nested SVM then has no second CPU thread to race, which is where the lab's
+        // own failures come from (docs/ARCHITECTURE.md, "The lab's QEMU"). Probes may set
+        // LAB_L1_SMP.
+        let cpus = std::env::var("LAB_L1_SMP")
+            .unwrap_or_else(|_| if needs("two-cpus") { "2" } else { "1" }.to_string());
         let extras = l1::L1Extras {
             big_bar: big_bar.as_deref(),
             sole_vga: needs("sole-vga"),
             vfct: vfct.as_deref(),
+            cpus: &cpus,
         };
         let cmd = l1::command(&self.kernel, &l1, &cmdline, &log_path, &sockets, &extras);
         let watched = l1::run_watched(cmd, &log_path, &sockets, opts);
