@@ -73,7 +73,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             params: Vec::new(),
-            timeout: Duration::from_secs(420),
+            timeout: Duration::from_secs(600),
             silence: Duration::from_secs(150),
             done_grace: Duration::from_secs(10),
             echo: false,
@@ -322,8 +322,8 @@ impl Lab {
             None
         };
         // One CPU in L1 unless the scenario measures parallel work (`lab-needs: two-cpus`):
-        // TCG's nested SVM then has no second CPU thread to race, which is where the lab's
-        // own failures come from (docs/ARCHITECTURE.md, "The lab's QEMU"). Probes may set
+        // TCG's nested SVM then has no second CPU thread to race, the likely source of the
+        // lab's own failures (docs/ARCHITECTURE.md, "The lab's QEMU"). Probes may set
         // LAB_L1_SMP.
         let cpus = std::env::var("LAB_L1_SMP")
             .unwrap_or_else(|_| if needs("two-cpus") { "2" } else { "1" }.to_string());
