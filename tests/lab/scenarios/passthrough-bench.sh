@@ -71,6 +71,9 @@ measure() {
   # leaves the device mid-interrupt for the next one (and L1's nested KVM has crashed on
   # that), so each run ends by itself unless it is stuck.
   deadline=$(( $(now_ms) + 30000 ))
+  # A guest that never got there is stuck already: waiting longer would leave L1's console
+  # silent past the harness's 150 s, and L1 killed with nothing said.
+  [ "$usable" = NA ] && deadline=$(now_ms)
   while alive "$pid" && [ "$(now_ms)" -lt "$deadline" ]; do usleep 100000; done
   # SIGTERM first: a stuck minivmm then logs where its vCPU was (-v).
   alive "$pid" && { kill "$pid"; usleep 500000; }
