@@ -31,8 +31,10 @@ pub struct L1Extras<'a> {
     pub sole_vga: bool,
     /// `vfct`: this ACPI VFCT table in L1's firmware.
     pub vfct: Option<&'a Path>,
-    /// L1's CPU count: 2 for `two-cpus`, else 1.
+    /// L1's CPU count: 2 for `two-cpus`, else 1 (or a probe's `LAB_L1_SMP`).
     pub cpus: &'a str,
+    /// L1's CPU model: `max` (or a probe's `LAB_L1_CPU`).
+    pub cpu_model: &'a str,
 }
 
 /// The L1 machine of lab.md: TCG with `-cpu max` (emulated SVM with nested paging), an
@@ -62,14 +64,12 @@ pub fn command(
     sockets: &Sockets,
     extras: &L1Extras,
 ) -> Command {
-    // Probes of the lab itself (tests/lab/README.md) may change L1's CPU model.
-    let cpu = std::env::var("LAB_L1_CPU").unwrap_or_else(|_| "max".to_string());
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
         "tcg",
         "-cpu",
-        &cpu,
+        extras.cpu_model,
         "-machine",
         "q35,kernel-irqchip=split",
     ])

@@ -327,11 +327,14 @@ impl Lab {
         // LAB_L1_SMP.
         let cpus = std::env::var("LAB_L1_SMP")
             .unwrap_or_else(|_| if needs("two-cpus") { "2" } else { "1" }.to_string());
+        // Probes of the lab itself (README) may change L1's CPU model.
+        let cpu_model = std::env::var("LAB_L1_CPU").unwrap_or_else(|_| "max".to_string());
         let extras = l1::L1Extras {
             big_bar: big_bar.as_deref(),
             sole_vga: needs("sole-vga"),
             vfct: vfct.as_deref(),
             cpus: &cpus,
+            cpu_model: &cpu_model,
         };
         let cmd = l1::command(&self.kernel, &l1, &cmdline, &log_path, &sockets, &extras);
         let watched = l1::run_watched(cmd, &log_path, &sockets, opts);
