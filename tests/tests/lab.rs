@@ -10,7 +10,7 @@
 //! test at once. Every
 //! failed attempt is printed in full (docs/ARCHITECTURE.md, "The lab's QEMU").
 
-use minivmm_tests::lab::{fields, End, Lab, LabRun, Markers, RunOptions};
+use minivmm_tests::lab::{fields, End, Lab, LabRun, Markers, RunOptions, L1_FROZE};
 
 /// The outcome of a scenario's checks: `Err` says which expectation failed.
 type Checked = Result<(), String>;
@@ -88,11 +88,13 @@ fn lab_test_with(
     run_lab_test(scenario, options, Retry::L1Died, checks)
 }
 
-/// Why L1 itself died, if its log says it did: the scenario never reached `LAB:DONE`, and
+/// Why L1 itself died, if its logs say it did: the scenario never reached `LAB:DONE`, and
 /// L1's kernel crashed or locked up (a lockup is also what the watchdog kills L1 for), or L1
 /// froze in its own boot — killed by the watchdog before its init printed `LAB:L1-UP`, when
-/// no minivmm had run yet. L2's own kernel messages reach L1's log only through a scenario
-/// that then goes on to its end.
+/// no minivmm had run yet — or froze later: its heartbeat stopped with its console (the
+/// watchdog's [`L1_FROZE`]), so not even a shell's `sleep` loop ran in it. A scenario that
+/// hangs in a live L1 keeps the beat and is never excused. L2's own kernel messages reach
+/// L1's log only through a scenario that then goes on to its end.
 fn l1_died(run: &LabRun) -> Option<String> {
     if run.done_rc().is_some() {
         return None;
@@ -101,6 +103,11 @@ fn l1_died(run: &LabRun) -> Option<String> {
         return Some(format!(
             "L1 froze in its own boot, before LAB:L1-UP ({why})"
         ));
+    }
+    if let End::Killed(why) = &run.end {
+        if why.starts_with(L1_FROZE) {
+            return Some(why.clone());
+        }
     }
     const CRASHES: [&str; 7] = [
         "Kernel panic",
@@ -149,10 +156,16 @@ fn run_lab_test(
             Ok(_) => format!("kept as {}", kept.display()),
             Err(e) => format!("not kept: {e}"),
         };
+        let kept_pulse = run
+            .pulse_path
+            .with_extension(format!("attempt-{attempt}.log"));
+        let _ = std::fs::copy(&run.pulse_path, &kept_pulse);
         let report = format!(
-            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines of {} ({kept}) ---\n{}",
+            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines of {} ({kept}) ---\n{}\n--- L1's last kernel messages (all levels; {}) ---\n{}",
             run.log_path.display(),
-            run.tail(60)
+            run.tail(60),
+            kept_pulse.display(),
+            run.l1_kernel_tail(15)
         );
         let died = l1_died(&run).or_else(|| {
             what.strip_prefix(QEMU_GUEST_DIED)
@@ -1882,6 +1895,7 @@ mod retry_rule {
             scenario: "boot".into(),
             log: log.into(),
             log_path: "l1.log".into(),
+            pulse_path: "pulse.log".into(),
             end,
             build: Duration::ZERO,
             wall: Duration::from_secs(200),
@@ -1914,6 +1928,16 @@ mod retry_rule {
     fn a_silent_scenario_in_a_live_l1_is_not_l1s_death() {
         // minivmm (or its guest) may be what hangs: that fails the test, never retried.
         let log = "LAB:L1-UP uptime=9\nLAB:BEGIN boot\n";
+        assert_eq!(l1_died(&run(log, true, silent())), None);
+    }
+
+    #[test]
+    fn an_l1_whose_heartbeat_stopped_died_and_a_beating_one_did_not() {
+        let log = "LAB:L1-UP uptime=9\nLAB:BEGIN disk-bench\n";
+        let frozen = End::Killed(format!("{L1_FROZE}no heartbeat on ttyS2 for 60s"));
+        let why = l1_died(&run(log, true, frozen)).unwrap_or_default();
+        assert!(why.starts_with(L1_FROZE), "{why}");
+        // Console silence alone, with the beat going on, is the scenario's hang.
         assert_eq!(l1_died(&run(log, true, silent())), None);
     }
 

@@ -13,6 +13,14 @@ use super::{Context, Result, RunOptions};
 
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long L1's heartbeat (a `LAB:PULSE` line every 5 s from l1-init's shell, on ttyS2) and
+/// its console may both stay quiet before L1 counts as frozen: its user space no longer runs
+/// a `sleep` loop, so nothing in it does. Generous: a busy one-CPU L1 keeps the beat.
+pub const PULSE_LOST: Duration = Duration::from_secs(60);
+
+/// How the watchdog's reason starts when it killed an L1 whose heartbeat stopped.
+pub const L1_FROZE: &str = "L1 froze: ";
+
 /// Files of one L1 run that QEMU uses besides the console log.
 #[derive(Debug, Clone)]
 pub struct Sockets {
@@ -20,6 +28,9 @@ pub struct Sockets {
     pub monitor: PathBuf,
     /// L1's second serial port (ttyS1): the harness answers a scenario's requests there.
     pub control: PathBuf,
+    /// L1's third serial port (ttyS2), a file: L1's heartbeat and all its kernel messages
+    /// (l1-init), so that a silent L1 can be told from a live one with a hung scenario.
+    pub pulse: PathBuf,
 }
 
 /// What only some scenarios' L1s have (their `lab-needs:` lines).
@@ -146,6 +157,8 @@ pub fn command(
             sockets.control.display()
         ))
         .args(["-serial", "chardev:control"])
+        .arg("-serial")
+        .arg(format!("file:{}", sockets.pulse.display()))
         .arg("-monitor")
         .arg(format!(
             "unix:{},server=on,wait=off",
@@ -187,7 +200,9 @@ pub fn run_watched(
     sockets: &Sockets,
     opts: &RunOptions,
 ) -> Result<Watched> {
-    File::create(log_path).context(|| format!("cannot create {}", log_path.display()))?;
+    for file in [log_path, &sockets.pulse] {
+        File::create(file).context(|| format!("cannot create {}", file.display()))?;
+    }
     // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
     // async-signal-safe. It makes the kernel kill QEMU if this thread dies (no orphan QEMU).
     unsafe {
@@ -202,13 +217,14 @@ pub fn run_watched(
     let mut child = cmd
         .spawn()
         .context(|| "cannot start qemu-system-x86_64".to_string())?;
-    let mut watch = Watch::new(log_path, start, opts.echo)?;
+    let mut watch = Watch::new(log_path, &sockets.pulse, start, opts.echo)?;
     let dir = log_path.parent().unwrap_or(Path::new("."));
     let mut pictures = Vec::new();
     let mut control = screen::Control::default();
     let end = loop {
         sleep(POLL);
         let grew = watch.read_new()?;
+        watch.pulse.read_new()?;
         for request in watch.new_requests() {
             let picture = control.serve(&request, dir, sockets);
             pictures.push((request.name.clone(), picture));
@@ -253,14 +269,16 @@ struct Watch {
     l1_up: Option<Duration>,
     /// L1's kernel reported a CPU lockup.
     locked_up: bool,
+    pulse: Pulse,
     echo: bool,
     /// Picture requests seen so far (complete lines only).
     requests_seen: usize,
 }
 
 impl Watch {
-    fn new(path: &Path, start: Instant, echo: bool) -> Result<Watch> {
+    fn new(path: &Path, pulse: &Path, start: Instant, echo: bool) -> Result<Watch> {
         let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+        let pulse = Pulse::new(pulse)?;
         let (last_output, done_at, l1_up, log) = (start, None, None, String::new());
         Ok(Watch {
             file,
@@ -271,6 +289,7 @@ impl Watch {
             done_at,
             l1_up,
             locked_up: false,
+            pulse,
             echo,
             requests_seen: 0,
         })
@@ -332,6 +351,14 @@ impl Watch {
         if self.locked_up {
             return Some("L1's kernel reports a CPU lockup".into());
         }
+        // Only while the scenario runs: after LAB:DONE, L1 powers off and the beat ends.
+        if let (None, Some(beat)) = (self.done_at, self.pulse.last) {
+            if now - beat > PULSE_LOST && now - self.last_output > PULSE_LOST {
+                return Some(format!(
+                    "{L1_FROZE}no heartbeat on ttyS2 and no console output for {PULSE_LOST:?}"
+                ));
+            }
+        }
         if !grew && now - self.last_output > opts.silence {
             return Some(format!("no console output for {:?}", opts.silence));
         }
@@ -342,5 +369,106 @@ impl Watch {
             )),
             _ => None,
         }
+    }
+}
+
+/// L1's heartbeat port (ttyS2, a file): when a `LAB:PULSE` line last arrived.
+struct Pulse {
+    file: File,
+    /// Bytes of the file consumed so far.
+    read: u64,
+    /// The last line, until its newline arrives.
+    partial: String,
+    last: Option<Instant>,
+}
+
+impl Pulse {
+    fn new(path: &Path) -> Result<Pulse> {
+        let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+        Ok(Pulse {
+            file,
+            read: 0,
+            partial: String::new(),
+            last: None,
+        })
+    }
+
+    /// Reads what the port gained; a complete `LAB:PULSE` line among it is a heartbeat.
+    fn read_new(&mut self) -> Result<()> {
+        let mut bytes = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(self.read))
+            .and_then(|_| self.file.read_to_end(&mut bytes))
+            .context(|| "cannot read L1's heartbeat port".to_string())?;
+        self.read += bytes.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        if let Some(end) = self.partial.rfind('\n') {
+            let complete = self.partial.get(..end).unwrap_or_default();
+            if complete.lines().any(|l| l.starts_with("LAB:PULSE")) {
+                self.last = Some(Instant::now());
+            }
+            self.partial.drain(..=end);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("minivmm-l1-{}-{name}", std::process::id()));
+        File::create(&path).unwrap();
+        path
+    }
+
+    fn ago(secs: u64) -> Instant {
+        Instant::now()
+            .checked_sub(Duration::from_secs(secs))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_heartbeat_counts_only_once_its_line_is_whole() {
+        let path = temp("pulse-lines");
+        let mut pulse = Pulse::new(&path).unwrap();
+        let mut port = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        port.write_all(b"[ 12.0] kernel says\nLAB:PUL").unwrap();
+        pulse.read_new().unwrap();
+        assert!(pulse.last.is_none(), "half a pulse line is no beat");
+        port.write_all(b"SE uptime=14.1\n").unwrap();
+        pulse.read_new().unwrap();
+        assert!(pulse.last.is_some(), "the finished line is a beat");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_watchdog_calls_l1_frozen_only_when_beat_and_console_both_stopped() {
+        let (log, port) = (temp("verdict-log"), temp("verdict-pulse"));
+        let opts = RunOptions::default();
+        let mut watch = Watch::new(&log, &port, ago(100), false).unwrap();
+        // Never beat yet (L1 still booting): the console's silence rule alone applies.
+        watch.last_output = ago(70);
+        assert_eq!(watch.verdict(false, &opts), None);
+        // Beat and console both quiet past PULSE_LOST: frozen.
+        watch.pulse.last = Some(ago(70));
+        let why = watch.verdict(false, &opts).unwrap_or_default();
+        assert!(why.starts_with(L1_FROZE), "{why}");
+        // A live console, or a recent beat, is a live L1.
+        watch.last_output = ago(1);
+        assert_eq!(watch.verdict(true, &opts), None);
+        watch.last_output = ago(70);
+        watch.pulse.last = Some(ago(1));
+        assert_eq!(watch.verdict(false, &opts), None);
+        // After LAB:DONE the beat ends with L1's power-off: not a freeze.
+        watch.pulse.last = Some(ago(70));
+        watch.done_at = Some(ago(1));
+        assert_eq!(watch.verdict(false, &opts), None);
+        let _ = (std::fs::remove_file(log), std::fs::remove_file(port));
     }
 }

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use console::{fields, Markers, Section};
-pub use l1::End;
+pub use l1::{End, L1_FROZE};
 pub use screen::{read_text, read_text_block};
 
 pub type Result<T> = std::result::Result<T, String>;
@@ -95,6 +95,8 @@ pub struct LabRun {
     pub log: String,
     /// Where the console log is kept after the run.
     pub log_path: PathBuf,
+    /// L1's heartbeat port (ttyS2): `LAB:PULSE` lines and all of L1's kernel messages.
+    pub pulse_path: PathBuf,
     pub end: End,
     /// Building the initramfs images.
     pub build: Duration,
@@ -115,6 +117,21 @@ impl Markers for LabRun {
 }
 
 impl LabRun {
+    /// The last `lines` of L1's kernel messages (from its heartbeat port, which carries all
+    /// of them; the console only has emergencies), for failure reports.
+    pub fn l1_kernel_tail(&self, lines: usize) -> String {
+        let text = fs::read(&self.pulse_path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let kernel: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("LAB:PULSE"))
+            .collect();
+        kernel
+            .get(kernel.len().saturating_sub(lines)..)
+            .unwrap_or_default()
+            .join("\n")
+    }
+
     /// The scenario's exit code, from `LAB:DONE rc=N`.
     pub fn done_rc(&self) -> Option<i32> {
         self.field("LAB:DONE", "rc")?.parse().ok()
@@ -307,6 +324,7 @@ impl Lab {
         let sockets = l1::Sockets {
             monitor: run_dir.join("monitor.sock"),
             control: run_dir.join("control.sock"),
+            pulse: run_dir.join("pulse.log"),
         };
         // The big BAR's backing file is sparse and only lives for the run.
         let big_bar = needs("big-bar").then(|| run_dir.join("big-bar.mem"));
@@ -346,6 +364,7 @@ impl Lab {
             scenario: scenario.to_string(),
             log: watched.log,
             log_path,
+            pulse_path: sockets.pulse,
             end: watched.end,
             build,
             wall: watched.wall,
