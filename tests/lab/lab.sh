@@ -78,7 +78,11 @@ bad() {
 }
 
 # The radeon scenarios (radeon, laptop): each guest runs until L2 has said what radeon found
-# (or 240 s), then 10 s more to power off, and is killed after that.
+# (or 240 s), then 10 s more to power off (radeon's probe may hang the emulated chip, and
+# the guest with it). A VMM still running then gets SIGTERM, as a user would stop it, and 5 s
+# to end its guest and give the device back in order; SIGKILL only after that (a VMM
+# killed while its guest drives the device left it mid-interrupt for the next VMM, and L1's
+# nested KVM once crashed on that; an L1 also froze right after such a kill).
 # run_until_bios NAME COMMAND...: run a VMM with its console in /tmp/l2.log, then print the
 # console, its stderr (LAB:VMM) and LAB:RESULT NAME rc=N.
 run_until_bios() {
@@ -90,7 +94,12 @@ run_until_bios() {
   wait_for /tmp/l2.log L2:RADEON-BIOS "$pid" $(( $(now_ms) + VMM_TIMEOUT * 1000 )) >/dev/null
   end=$(( $(now_ms) + 10000 ))
   while alive "$pid" && [ "$(now_ms)" -lt "$end" ]; do usleep 100000; done
-  alive "$pid" && kill -9 "$pid"
+  if alive "$pid"; then
+    kill "$pid"
+    end=$(( $(now_ms) + 5000 ))
+    while alive "$pid" && [ "$(now_ms)" -lt "$end" ]; do usleep 100000; done
+    alive "$pid" && kill -9 "$pid"
+  fi
   wait "$pid"
   rc=$?
   cat /tmp/l2.log
