@@ -31,6 +31,9 @@ pub struct Sockets {
     /// L1's third serial port (ttyS2), a file: L1's heartbeat and all its kernel messages
     /// (l1-init), so that a silent L1 can be told from a live one with a hung scenario.
     pub pulse: PathBuf,
+    /// QEMU's own log (`-d cpu_reset`): "Triple fault" when L1 itself triple-faulted, which
+    /// with `-no-reboot` ends QEMU as quietly as a power-off.
+    pub qemu_log: PathBuf,
 }
 
 /// What only some scenarios' L1s have (their `lab-needs:` lines).
@@ -159,6 +162,8 @@ pub fn command(
         .args(["-serial", "chardev:control"])
         .arg("-serial")
         .arg(format!("file:{}", sockets.pulse.display()))
+        .args(["-d", "cpu_reset", "-D"])
+        .arg(&sockets.qemu_log)
         .arg("-monitor")
         .arg(format!(
             "unix:{},server=on,wait=off",

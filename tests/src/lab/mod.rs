@@ -97,6 +97,8 @@ pub struct LabRun {
     pub log_path: PathBuf,
     /// L1's heartbeat port (ttyS2): `LAB:PULSE` lines and all of L1's kernel messages.
     pub pulse_path: PathBuf,
+    /// QEMU's own log of L1's CPU resets (`-d cpu_reset`).
+    pub qemu_log_path: PathBuf,
     pub end: End,
     /// Building the initramfs images.
     pub build: Duration,
@@ -117,6 +119,13 @@ impl Markers for LabRun {
 }
 
 impl LabRun {
+    /// Whether QEMU logged a triple fault of L1 itself (a triple fault of L2 is a #VMEXIT
+    /// to L1's KVM instead, which QEMU does not log).
+    pub fn l1_triple_faulted(&self) -> bool {
+        fs::read(&self.qemu_log_path)
+            .is_ok_and(|log| String::from_utf8_lossy(&log).contains("Triple fault"))
+    }
+
     /// The last `lines` of L1's kernel messages (from its heartbeat port, which carries all
     /// of them; the console only has emergencies), for failure reports.
     pub fn l1_kernel_tail(&self, lines: usize) -> String {
@@ -325,6 +334,7 @@ impl Lab {
             monitor: run_dir.join("monitor.sock"),
             control: run_dir.join("control.sock"),
             pulse: run_dir.join("pulse.log"),
+            qemu_log: run_dir.join("qemu.log"),
         };
         // The big BAR's backing file is sparse and only lives for the run.
         let big_bar = needs("big-bar").then(|| run_dir.join("big-bar.mem"));
@@ -365,6 +375,7 @@ impl Lab {
             log: watched.log,
             log_path,
             pulse_path: sockets.pulse,
+            qemu_log_path: sockets.qemu_log,
             end: watched.end,
             build,
             wall: watched.wall,

@@ -83,7 +83,8 @@ pub(crate) fn lab_test_with(
 /// L1's kernel crashed or locked up (a lockup is also what the watchdog kills L1 for), or L1
 /// froze in its own boot — killed by the watchdog before its init printed `LAB:L1-UP`, when
 /// no minivmm had run yet — or froze later: its heartbeat stopped with its console (the
-/// watchdog's [`L1_FROZE`]), so not even a shell's `sleep` loop ran in it. A scenario that
+/// watchdog's [`L1_FROZE`]), so not even a shell's `sleep` loop ran in it — or L1 itself
+/// triple-faulted, which QEMU logs and which ends it like a power-off. A scenario that
 /// hangs in a live L1 keeps the beat and is never excused. L2's own kernel messages reach
 /// L1's log only through a scenario that then goes on to its end.
 fn l1_died(run: &LabRun) -> Option<String> {
@@ -99,6 +100,12 @@ fn l1_died(run: &LabRun) -> Option<String> {
         if why.starts_with(L1_FROZE) {
             return Some(why.clone());
         }
+    }
+    if matches!(run.end, End::Exited(_)) && run.l1_triple_faulted() {
+        return Some(format!(
+            "L1 triple-faulted ({} says \"Triple fault\"; with -no-reboot that ends QEMU)",
+            run.qemu_log_path.display()
+        ));
     }
     const CRASHES: [&str; 7] = [
         "Kernel panic",
@@ -261,6 +268,7 @@ pub(crate) fn need<'a>(
 
 /// The retry rule itself: which failed runs count as L1's death.
 mod retry_rule {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 
@@ -270,6 +278,7 @@ mod retry_rule {
             log: log.into(),
             log_path: "l1.log".into(),
             pulse_path: "pulse.log".into(),
+            qemu_log_path: "qemu.log".into(),
             end,
             build: Duration::ZERO,
             wall: Duration::from_secs(200),
@@ -313,6 +322,22 @@ mod retry_rule {
         assert!(why.starts_with(L1_FROZE), "{why}");
         // Console silence alone, with the beat going on, is the scenario's hang.
         assert_eq!(l1_died(&run(log, true, silent())), None);
+    }
+
+    #[test]
+    fn an_l1_that_triple_faulted_died_and_one_that_only_exited_did_not() {
+        let log = "LAB:L1-UP uptime=3.9\nLAB:HUGEPAGES size=3G reserved=1536\n";
+        let dir = std::env::temp_dir().join(format!("minivmm-retry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let qemu_log = dir.join("qemu.log");
+        let mut ended = run(log, true, End::Exited(Some(0)));
+        ended.qemu_log_path = qemu_log.clone();
+        std::fs::write(&qemu_log, "CPU Reset (CPU 0)\nEAX=00000000\n").unwrap();
+        assert_eq!(l1_died(&ended), None, "a reset at start is no triple fault");
+        std::fs::write(&qemu_log, "CPU Reset (CPU 0)\nTriple fault\n").unwrap();
+        let why = l1_died(&ended).unwrap_or_default();
+        assert!(why.contains("triple-faulted"), "{why}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
