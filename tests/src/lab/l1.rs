@@ -264,9 +264,7 @@ fn kill(child: &mut Child) {
 
 /// The log as read so far, and the times the watchdog decides on.
 struct Watch {
-    file: File,
-    /// Bytes of the file consumed so far.
-    read: u64,
+    console: Tail,
     log: String,
     start: Instant,
     last_output: Instant,
@@ -282,12 +280,11 @@ struct Watch {
 
 impl Watch {
     fn new(path: &Path, pulse: &Path, start: Instant, echo: bool) -> Result<Watch> {
-        let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+        let console = Tail::open(path)?;
         let pulse = Pulse::new(pulse)?;
         let (last_output, done_at, l1_up, log) = (start, None, None, String::new());
         Ok(Watch {
-            file,
-            read: 0,
+            console,
             log,
             start,
             last_output,
@@ -311,19 +308,7 @@ impl Watch {
 
     /// Appends what the log gained since the last call; true if it grew.
     fn read_new(&mut self) -> Result<bool> {
-        let mut bytes = Vec::new();
-        self.file
-            .seek(SeekFrom::Start(self.read))
-            .and_then(|_| self.file.read_to_end(&mut bytes))
-            .context(|| "cannot read the L1 serial log".to_string())?;
-        // A read may end inside a UTF-8 sequence: keep only whole characters for now.
-        let take = match std::str::from_utf8(&bytes) {
-            Ok(text) => text.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => bytes.len(), // really invalid: take it, lossily
-        };
-        self.read += take as u64;
-        let new = String::from_utf8_lossy(bytes.get(..take).unwrap_or_default()).into_owned();
+        let new = self.console.read_new()?;
         if new.is_empty() {
             return Ok(false);
         }
@@ -377,11 +362,46 @@ impl Watch {
     }
 }
 
-/// L1's heartbeat port (ttyS2, a file): when a `LAB:PULSE` line last arrived.
-struct Pulse {
+/// A file QEMU appends to (a serial port's `file:` backend), read on from where the last
+/// read stopped.
+struct Tail {
+    path: PathBuf,
     file: File,
     /// Bytes of the file consumed so far.
     read: u64,
+}
+
+impl Tail {
+    fn open(path: &Path) -> Result<Tail> {
+        let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+        Ok(Tail {
+            path: path.to_path_buf(),
+            file,
+            read: 0,
+        })
+    }
+
+    /// The whole characters appended since the last call: a read may end inside a UTF-8
+    /// sequence, whose bytes then wait for the next call.
+    fn read_new(&mut self) -> Result<String> {
+        let mut bytes = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(self.read))
+            .and_then(|_| self.file.read_to_end(&mut bytes))
+            .context(|| format!("cannot read {}", self.path.display()))?;
+        let take = match std::str::from_utf8(&bytes) {
+            Ok(text) => text.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => bytes.len(), // really invalid: take it, lossily
+        };
+        self.read += take as u64;
+        Ok(String::from_utf8_lossy(bytes.get(..take).unwrap_or_default()).into_owned())
+    }
+}
+
+/// L1's heartbeat port (ttyS2, a file): when a `LAB:PULSE` line last arrived.
+struct Pulse {
+    port: Tail,
     /// The last line, until its newline arrives.
     partial: String,
     last: Option<Instant>,
@@ -389,10 +409,8 @@ struct Pulse {
 
 impl Pulse {
     fn new(path: &Path) -> Result<Pulse> {
-        let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
         Ok(Pulse {
-            file,
-            read: 0,
+            port: Tail::open(path)?,
             partial: String::new(),
             last: None,
         })
@@ -400,13 +418,8 @@ impl Pulse {
 
     /// Reads what the port gained; a complete `LAB:PULSE` line among it is a heartbeat.
     fn read_new(&mut self) -> Result<()> {
-        let mut bytes = Vec::new();
-        self.file
-            .seek(SeekFrom::Start(self.read))
-            .and_then(|_| self.file.read_to_end(&mut bytes))
-            .context(|| "cannot read L1's heartbeat port".to_string())?;
-        self.read += bytes.len() as u64;
-        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let new = self.port.read_new()?;
+        self.partial.push_str(&new);
         if let Some(end) = self.partial.rfind('\n') {
             let complete = self.partial.get(..end).unwrap_or_default();
             if complete.lines().any(|l| l.starts_with("LAB:PULSE")) {

@@ -2,6 +2,7 @@
 //! as the lab's, never minivmm's), and the queries the checks share.
 
 pub(crate) use minivmm_tests::lab::{fields, End, Lab, LabRun, Markers, RunOptions, L1_FROZE};
+use std::path::Path;
 
 /// The outcome of a scenario's checks: `Err` says which expectation failed.
 pub(crate) type Checked = Result<(), String>;
@@ -91,21 +92,18 @@ fn l1_died(run: &LabRun) -> Option<String> {
     if run.done_rc().is_some() {
         return None;
     }
-    if let (None, End::Killed(why)) = (run.l1_up, &run.end) {
-        return Some(format!(
-            "L1 froze in its own boot, before LAB:L1-UP ({why})"
-        ));
-    }
-    if let End::Killed(why) = &run.end {
-        if why.starts_with(L1_FROZE) {
-            return Some(why.clone());
+    match (&run.end, run.l1_up) {
+        (End::Killed(why), None) => {
+            return Some(format!(
+                "L1 froze in its own boot, before LAB:L1-UP ({why})"
+            ))
         }
-    }
-    if matches!(run.end, End::Exited(_)) && run.l1_triple_faulted() {
-        return Some(format!(
-            "L1 triple-faulted ({} says \"Triple fault\"; with -no-reboot that ends QEMU)",
-            run.qemu_log_path.display()
-        ));
+        (End::Killed(why), Some(_)) if why.starts_with(L1_FROZE) => return Some(why.clone()),
+        (End::Exited(_), _) if run.l1_triple_faulted() => return Some(
+            "L1 triple-faulted (QEMU's log says \"Triple fault\"; with -no-reboot that ends QEMU)"
+                .into(),
+        ),
+        _ => {}
     }
     const CRASHES: [&str; 7] = [
         "Kernel panic",
@@ -146,24 +144,21 @@ pub(crate) fn run_lab_test(
         let Err(what) = check_l1(&run).and_then(|()| checks(&run)) else {
             return run;
         };
-        // The next attempt writes the same log: keep this one for whoever reads the failure.
-        let kept = run
-            .log_path
-            .with_extension(format!("attempt-{attempt}.log"));
-        let kept = match std::fs::copy(&run.log_path, &kept) {
-            Ok(_) => format!("kept as {}", kept.display()),
-            Err(e) => format!("not kept: {e}"),
+        // The next attempt writes the same logs: keep these for whoever reads the failure.
+        let keep = |path: &Path| {
+            let kept = path.with_extension(format!("attempt-{attempt}.log"));
+            match std::fs::copy(path, &kept) {
+                Ok(_) => format!("{}, kept as {}", path.display(), kept.display()),
+                Err(e) => format!("{}, not kept: {e}", path.display()),
+            }
         };
-        let kept_pulse = run
-            .pulse_path
-            .with_extension(format!("attempt-{attempt}.log"));
-        let _ = std::fs::copy(&run.pulse_path, &kept_pulse);
         let report = format!(
-            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines of {} ({kept}) ---\n{}\n--- L1's last kernel messages (all levels; {}) ---\n{}",
-            run.log_path.display(),
+            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines ({}) ---\n{}\n--- L1's last kernel messages, all levels ({}) ---\n{}\n--- QEMU's log of L1's CPU resets: {} ---",
+            keep(&run.log_path),
             run.tail(60),
-            kept_pulse.display(),
-            run.l1_kernel_tail(15)
+            keep(&run.pulse_path),
+            run.l1_kernel_tail(15),
+            keep(&run.qemu_log_path),
         );
         let died = l1_died(&run).or_else(|| {
             what.strip_prefix(QEMU_GUEST_DIED)
