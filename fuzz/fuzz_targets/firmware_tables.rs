@@ -322,7 +322,7 @@ fn check_e820(guest: &GuestLayout, reserved: u64) {
         e820: &map,
         rsdp_addr: layout::ACPI_START,
         setup_data: 0,
-        vga_text: guest.pci.buses % 2 == 0,
+        vga_text: guest.pci.buses.is_multiple_of(2),
     })
     .unwrap();
     assert_eq!(usize::from(params.e820_entries), map.len());

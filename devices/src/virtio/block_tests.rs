@@ -443,3 +443,40 @@ fn an_available_index_out_of_range_does_not_spin_the_device() {
     assert_eq!(driver.queue.next_used(), 0, "nothing completed");
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn rings_laid_over_each_other_get_one_completion_per_chain_taken() {
+    // The used ring starts at the available index, so the device's own writes move it:
+    // turning notifications off (used flags = 1) offers the chain at the head of the
+    // available ring, which is the used index (0); turning them on again takes it back.
+    let (path, disk) = disk("overlap", false);
+    let driver = Driver::new();
+    let (desc, avail, used) = (0x1000u64, 0x20feu64, 0x2100u64);
+    let chain = [
+        SplitDescriptor::new(HEADER, 16, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(STATUS, 1, VRING_DESC_F_WRITE as u16, 0),
+    ];
+    for (i, d) in chain.iter().enumerate() {
+        driver
+            .mem
+            .write_obj(*d, GuestAddress(desc + 16 * i as u64))
+            .unwrap();
+    }
+    driver.header(VIRTIO_BLK_T_FLUSH, 0);
+    let mut queue = Queue::new(64).unwrap();
+    queue.set_desc_table_address(Some(desc as u32), Some(0));
+    queue.set_avail_ring_address(Some(avail as u32), Some(0));
+    queue.set_used_ring_address(Some(used as u32), Some(0));
+    queue.set_ready(true);
+    assert!(queue.is_valid(driver.mem));
+
+    assert!(process_queue(&mut queue, driver.mem, &disk, None).is_ok());
+    assert_eq!(
+        queue.next_avail(),
+        1,
+        "the chain the device's write offered"
+    );
+    assert_eq!(queue.next_used(), 1, "completed once");
+    assert_eq!(driver.read(STATUS, 1), [OK]);
+    std::fs::remove_file(path).unwrap();
+}
