@@ -210,6 +210,7 @@ fn advance(iovecs: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+    use vmm_sys_util::tempfile::TempFile;
 
     fn iovecs(buffers: &mut [Vec<u8>]) -> Vec<libc::iovec> {
         buffers
@@ -258,24 +259,20 @@ mod tests {
         }
     }
 
-    fn temp_file(name: &str, len: usize) -> (std::path::PathBuf, std::fs::File) {
-        let path =
-            std::env::temp_dir().join(format!("minivmm-blkio-{name}-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+    /// A file of `len` zero bytes, removed when the returned `TempFile` drops.
+    fn temp_file(name: &str, len: usize) -> (TempFile, std::fs::File) {
+        let temp =
+            TempFile::new_with_prefix(std::env::temp_dir().join(format!("minivmm-blkio-{name}-")))
+                .unwrap();
+        let file = temp.as_file().try_clone().unwrap();
         file.set_len(len as u64).unwrap();
-        (path, file)
+        (temp, file)
     }
 
     #[test]
     fn a_large_transfer_shared_with_the_helper_lands_whole_and_reads_back() {
         use std::os::fd::AsRawFd;
-        let (path, file) = temp_file("helper", 1 << 20);
+        let (temp, file) = temp_file("helper", 1 << 20);
         let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let helper = {
             let ran = ran.clone();
@@ -304,7 +301,7 @@ mod tests {
             ran.load(std::sync::atomic::Ordering::SeqCst),
             "the helper never started"
         );
-        let on_disk = std::fs::read(&path).unwrap();
+        let on_disk = std::fs::read(temp.as_path()).unwrap();
         let expected: Vec<u8> = written.concat();
         assert_eq!(&on_disk[4096..4096 + total], &expected[..]);
         assert!(on_disk[..4096].iter().all(|&b| b == 0));
@@ -321,13 +318,12 @@ mod tests {
         }
         .unwrap();
         assert_eq!(read.concat(), expected);
-        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn a_helper_that_could_not_start_leaves_the_whole_transfer_to_the_caller() {
         use std::os::fd::AsRawFd;
-        let (path, file) = temp_file("nohelper", 1 << 20);
+        let (temp, file) = temp_file("nohelper", 1 << 20);
         let helper = IoHelper::spawn("test-helper".into(), || Err("refused".into())).unwrap();
         // Let the helper end, so the job is refused or dropped unanswered.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -336,19 +332,17 @@ mod tests {
         let result =
             unsafe { transfer(file.as_raw_fd(), iovecs(&mut data), 0, true, Some(&helper)) };
         result.unwrap();
-        let on_disk = std::fs::read(&path).unwrap();
+        let on_disk = std::fs::read(temp.as_path()).unwrap();
         assert!(on_disk[..256 << 10].iter().all(|&b| b == 7));
-        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn a_transfer_past_the_end_of_a_short_file_reads_as_an_error() {
         use std::os::fd::AsRawFd;
-        let (path, file) = temp_file("short", 4096);
+        let (_temp, file) = temp_file("short", 4096);
         let mut data = vec![vec![0u8; 8192]];
         // SAFETY: the buffer lives until after the call; the file is open.
         let result = unsafe { transfer(file.as_raw_fd(), iovecs(&mut data), 0, false, None) };
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-        std::fs::remove_file(path).unwrap();
     }
 }

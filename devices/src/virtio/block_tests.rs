@@ -8,6 +8,7 @@ use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
 
@@ -17,32 +18,29 @@ const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
 const OUTSIDE: u64 = 0x4000_0000;
 
-/// A fresh image file of 64 sectors, each sector filled with its number.
-fn image(name: &str) -> (std::path::PathBuf, File) {
+/// A fresh image file of 64 sectors, each sector filled with its number; removed when the
+/// returned `TempFile` drops.
+fn image(name: &str) -> (TempFile, File) {
     image_of(name, IMAGE_SECTORS)
 }
 
 /// A fresh image file of `sectors` sectors, each filled with its number (mod 256).
-fn image_of(name: &str, sectors: u64) -> (std::path::PathBuf, File) {
-    let path = std::env::temp_dir().join(format!("minivmm-blk-{name}-{}.img", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+fn image_of(name: &str, sectors: u64) -> (TempFile, File) {
+    let image =
+        TempFile::new_with_prefix(std::env::temp_dir().join(format!("minivmm-blk-{name}-")))
+            .unwrap();
+    let mut file = image.as_file().try_clone().unwrap();
     for sector in 0..sectors {
         file.write_all(&[sector as u8; SECTOR_SIZE as usize])
             .unwrap();
     }
-    (path, file)
+    (image, file)
 }
 
-fn disk(name: &str, readonly: bool) -> (std::path::PathBuf, DiskImage) {
-    let (path, file) = image(name);
+fn disk(name: &str, readonly: bool) -> (TempFile, DiskImage) {
+    let (image, file) = image(name);
     (
-        path,
+        image,
         DiskImage::new(file, readonly, "minivmm-disk-0").unwrap(),
     )
 }
@@ -149,7 +147,7 @@ const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 
 #[test]
 fn a_write_reaches_the_image_and_reads_back_across_segments() {
-    let (path, disk) = disk("rw", false);
+    let (image, disk) = disk("rw", false);
     let mut driver = Driver::new();
     let pattern: Vec<u8> = (0..1536u32).map(|i| (i * 7 % 251) as u8).collect();
     driver
@@ -168,10 +166,10 @@ fn a_write_reaches_the_image_and_reads_back_across_segments() {
         ],
     );
     assert_eq!((len, status), (1, OK));
-    assert_eq!(file_bytes(&path, 3 * 512, 1536), pattern);
+    assert_eq!(file_bytes(image.as_path(), 3 * 512, 1536), pattern);
     // The sectors around it are untouched.
-    assert_eq!(file_bytes(&path, 2 * 512, 512), vec![2u8; 512]);
-    assert_eq!(file_bytes(&path, 6 * 512, 512), vec![6u8; 512]);
+    assert_eq!(file_bytes(image.as_path(), 2 * 512, 512), vec![2u8; 512]);
+    assert_eq!(file_bytes(image.as_path(), 6 * 512, 512), vec![6u8; 512]);
 
     driver.header(VIRTIO_BLK_T_IN, 3);
     let back = DATA + 0x10_0000;
@@ -181,13 +179,12 @@ fn a_write_reaches_the_image_and_reads_back_across_segments() {
     );
     assert_eq!((len, status), (1537, OK), "data and status written");
     assert_eq!(driver.read(back, 1536), pattern);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn a_large_request_is_shared_with_the_helper_and_lands_whole() {
     let sectors = 2048; // 1 MiB
-    let (path, file) = image_of("helper", sectors);
+    let (image, file) = image_of("helper", sectors);
     let disk = DiskImage::new(file, false, "minivmm-disk-0").unwrap();
     let mut driver = Driver::new();
     let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -220,15 +217,15 @@ fn a_large_request_is_shared_with_the_helper_and_lands_whole() {
         started.load(std::sync::atomic::Ordering::SeqCst),
         "the helper never ran"
     );
-    assert_eq!(file_bytes(&path, 100 * 512, len), pattern);
+    assert_eq!(file_bytes(image.as_path(), 100 * 512, len), pattern);
     assert_eq!(
-        file_bytes(&path, 99 * 512, 512),
+        file_bytes(image.as_path(), 99 * 512, 512),
         vec![99u8; 512],
         "the sector before"
     );
     let after = 100 + len as u64 / 512;
     assert_eq!(
-        file_bytes(&path, after * 512, 512),
+        file_bytes(image.as_path(), after * 512, 512),
         vec![after as u8; 512],
         "the one after"
     );
@@ -245,12 +242,11 @@ fn a_large_request_is_shared_with_the_helper_and_lands_whole() {
     );
     assert_eq!((used, status), (len as u32 + 1, OK));
     assert_eq!(driver.read(back, len), pattern);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn the_header_and_status_may_share_descriptors_with_the_data() {
-    let (path, disk) = disk("shared", false);
+    let (_image, disk) = disk("shared", false);
     let mut driver = Driver::new();
     // Header split over two descriptors; data and status in one writable buffer.
     driver.header(VIRTIO_BLK_T_IN, 5);
@@ -264,7 +260,6 @@ fn the_header_and_status_may_share_descriptors_with_the_data() {
     );
     assert_eq!((len, status_at(&driver, DATA + 512)), (513, OK));
     assert_eq!(driver.read(DATA, 512), vec![5u8; 512]);
-    std::fs::remove_file(path).unwrap();
 }
 
 fn status_at(driver: &Driver, addr: u64) -> u8 {
@@ -273,7 +268,7 @@ fn status_at(driver: &Driver, addr: u64) -> u8 {
 
 #[test]
 fn a_read_only_disk_refuses_writes_and_says_so_in_its_features() {
-    let (path, disk) = disk("ro", true);
+    let (image, disk) = disk("ro", true);
     assert_ne!(disk.features() & (1 << VIRTIO_BLK_F_RO), 0);
     let mut driver = Driver::new();
     driver
@@ -287,7 +282,7 @@ fn a_read_only_disk_refuses_writes_and_says_so_in_its_features() {
     );
     assert_eq!((len, status), (1, IOERR));
     assert_eq!(
-        file_bytes(&path, 0, 512),
+        file_bytes(image.as_path(), 0, 512),
         vec![0u8; 512],
         "the image is unchanged"
     );
@@ -299,12 +294,11 @@ fn a_read_only_disk_refuses_writes_and_says_so_in_its_features() {
     );
     assert_eq!(status, OK);
     assert_eq!(driver.read(DATA, 512), vec![1u8; 512]);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn malformed_requests_get_an_error_status_and_leave_the_image_alone() {
-    let (path, disk) = disk("bad", false);
+    let (image, disk) = disk("bad", false);
     let mut driver = Driver::new();
     driver
         .mem
@@ -372,17 +366,16 @@ fn malformed_requests_get_an_error_status_and_leave_the_image_alone() {
     }
     for sector in 0..IMAGE_SECTORS {
         assert_eq!(
-            file_bytes(&path, sector * 512, 512),
+            file_bytes(image.as_path(), sector * 512, 512),
             vec![sector as u8; 512],
             "sector {sector} unchanged"
         );
     }
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn a_chain_without_room_for_a_status_completes_with_nothing_written() {
-    let (path, disk) = disk("nostatus", false);
+    let (_image, disk) = disk("nostatus", false);
     let mut driver = Driver::new();
     driver.header(VIRTIO_BLK_T_FLUSH, 0);
     let (len, status) = driver.submit(&disk, &[(HEADER, 16, false)]);
@@ -393,12 +386,11 @@ fn a_chain_without_room_for_a_status_completes_with_nothing_written() {
     // The queue still works afterwards.
     let (len, status) = driver.submit(&disk, &[(HEADER, 16, false), (STATUS, 1, true)]);
     assert_eq!((len, status), (1, OK));
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn flush_succeeds_and_get_id_returns_the_serial() {
-    let (path, disk) = disk("id", false);
+    let (_image, disk) = disk("id", false);
     let mut driver = Driver::new();
     driver.header(VIRTIO_BLK_T_FLUSH, 0);
     let (len, status) = driver.submit(&disk, &[(HEADER, 16, false), (STATUS, 1, true)]);
@@ -410,12 +402,11 @@ fn flush_succeeds_and_get_id_returns_the_serial() {
     );
     assert_eq!((len, status), (21, OK));
     assert_eq!(&driver.read(DATA, 20)[..14], b"minivmm-disk-0");
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn the_configuration_says_capacity_and_segment_limit() {
-    let (path, disk) = disk("config", false);
+    let (_image, disk) = disk("config", false);
     let mut capacity = [0u8; 8];
     disk.read_config(0, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), IMAGE_SECTORS);
@@ -426,12 +417,11 @@ fn the_configuration_says_capacity_and_segment_limit() {
     disk.read_config(u64::MAX - 1, &mut beyond);
     assert_eq!(beyond, [0; 4]);
     assert_eq!(disk.features() & (1 << VIRTIO_BLK_F_RO), 0);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn an_available_index_out_of_range_does_not_spin_the_device() {
-    let (path, disk) = disk("spin", false);
+    let (_image, disk) = disk("spin", false);
     let mut driver = Driver::new();
     // The guest claims 1000 new requests in a 64-entry ring.
     let avail_idx = driver.mock.avail_addr().0 + 2;
@@ -441,7 +431,6 @@ fn an_available_index_out_of_range_does_not_spin_the_device() {
         .unwrap();
     assert!(process_queue(&mut driver.queue, driver.mem, &disk, None).is_ok());
     assert_eq!(driver.queue.next_used(), 0, "nothing completed");
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
@@ -449,7 +438,7 @@ fn rings_laid_over_each_other_get_one_completion_per_chain_taken() {
     // The used ring starts at the available index, so the device's own writes move it:
     // turning notifications off (used flags = 1) offers the chain at the head of the
     // available ring, which is the used index (0); turning them on again takes it back.
-    let (path, disk) = disk("overlap", false);
+    let (_image, disk) = disk("overlap", false);
     let driver = Driver::new();
     let (desc, avail, used) = (0x1000u64, 0x20feu64, 0x2100u64);
     let chain = [
@@ -478,5 +467,4 @@ fn rings_laid_over_each_other_get_one_completion_per_chain_taken() {
     );
     assert_eq!(queue.next_used(), 1, "completed once");
     assert_eq!(driver.read(STATUS, 1), [OK]);
-    std::fs::remove_file(path).unwrap();
 }
