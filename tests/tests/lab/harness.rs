@@ -2,7 +2,7 @@
 //! as the lab's, never minivmm's), and the queries the checks share.
 
 pub(crate) use minivmm_tests::lab::{fields, End, Lab, LabRun, Markers, RunOptions, L1_FROZE};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The outcome of a scenario's checks: `Err` says which expectation failed.
 pub(crate) type Checked = Result<(), String>;
@@ -146,7 +146,7 @@ pub(crate) fn run_lab_test(
         };
         // The next attempt writes the same logs: keep these for whoever reads the failure.
         let keep = |path: &Path| {
-            let kept = path.with_extension(format!("attempt-{attempt}.log"));
+            let kept = kept_path(path, options, attempt);
             match std::fs::copy(path, &kept) {
                 Ok(_) => format!("{}, kept as {}", path.display(), kept.display()),
                 Err(e) => format!("{}, not kept: {e}", path.display()),
@@ -176,6 +176,19 @@ pub(crate) fn run_lab_test(
         println!("{report}\n--- running it again ({why}) ---");
     }
     unreachable!("the last attempt returns or panics")
+}
+
+/// Where a failed attempt's log is kept: beside it, named for the attempt and for the
+/// run's parameters, so that the parts of one scenario a test runs one after another
+/// (`host-tools`' parts, the benchmark's sizes) never overwrite each other's evidence.
+fn kept_path(path: &Path, options: &RunOptions, attempt: usize) -> PathBuf {
+    let params: String = options
+        .params
+        .iter()
+        .map(|(key, value)| format!("{key}-{value}."))
+        .collect::<String>()
+        .replace(['/', ' '], "_");
+    path.with_extension(format!("{params}attempt-{attempt}.log"))
 }
 
 /// A number reported as `key=N` in the last marker starting with `prefix`: a benchmark
@@ -282,6 +295,25 @@ mod retry_rule {
             l2_initramfs_bytes: 0,
             pictures: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_parts_of_one_scenario_keep_their_failed_logs_apart() {
+        let part = |name: &str| RunOptions {
+            params: vec![("part".into(), name.into())],
+            ..RunOptions::default()
+        };
+        let log = Path::new("runs/host-tools/l1.log");
+        let sigterm = kept_path(log, &part("sigterm"), 1);
+        assert_eq!(
+            sigterm,
+            Path::new("runs/host-tools/l1.part-sigterm.attempt-1.log")
+        );
+        assert_ne!(sigterm, kept_path(log, &part("group"), 1));
+        assert_eq!(
+            kept_path(log, &RunOptions::default(), 2),
+            Path::new("runs/host-tools/l1.attempt-2.log")
+        );
     }
 
     fn silent() -> End {
