@@ -47,8 +47,14 @@ fn check_l1(run: &LabRun) -> Checked {
     )
 }
 
-/// How many times a scenario runs before its failure counts.
-const ATTEMPTS: usize = 3;
+/// How many times a scenario runs in all when L1 itself keeps dying ([`l1_died`]). The
+/// lab's one-CPU L1s froze in 4 and 7 of some 30 runs in two clean runs on this machine
+/// (2026-12-04), `radeon`'s three in a row once: a limit of three attempts failed tests on
+/// the lab alone. Each retry still needs L1's own logs to say it died (or the benchmark's
+/// record that QEMU's reference guest did).
+const ATTEMPTS: usize = 5;
+/// How many times a benchmark runs in all when it only missed a timing target.
+const ATTEMPTS_ON_TIMING: usize = 3;
 
 /// When a failed attempt may run again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +159,7 @@ pub(crate) fn run_lab_test(
             }
         };
         let report = format!(
-            "lab {scenario}: attempt {attempt} of {ATTEMPTS} FAILED: expected: {what}\n--- last console lines ({}) ---\n{}\n--- L1's last kernel messages, all levels ({}) ---\n{}\n--- QEMU's log of L1's CPU resets: {} ---",
+            "lab {scenario}: attempt {attempt} (of at most {ATTEMPTS}) FAILED: expected: {what}\n--- last console lines ({}) ---\n{}\n--- L1's last kernel messages, all levels ({}) ---\n{}\n--- QEMU's log of L1's CPU resets: {} ---",
             keep(&run.log_path),
             run.tail(60),
             keep(&run.pulse_path),
@@ -164,18 +170,21 @@ pub(crate) fn run_lab_test(
             what.strip_prefix(QEMU_GUEST_DIED)
                 .map(|why| format!("QEMU's own guest died: {why}"))
         });
-        let again = attempt < ATTEMPTS
-            && match retry {
-                Retry::L1Died => died.is_some(),
-                Retry::L1DiedOrTiming => died.is_some() || what.starts_with(TIMING),
-            };
-        if !again {
+        let timing = retry == Retry::L1DiedOrTiming && what.starts_with(TIMING);
+        if !may_run_again(attempt, died.is_some(), timing) {
             panic!("{report}");
         }
         let why = died.unwrap_or_else(|| "a benchmark missed its timing target".into());
         println!("{report}\n--- running it again ({why}) ---");
     }
     unreachable!("the last attempt returns or panics")
+}
+
+/// Whether a failed attempt (the `attempt`th) runs again: when L1 died, up to [`ATTEMPTS`]
+/// in all; when a benchmark only missed a timing target, up to [`ATTEMPTS_ON_TIMING`];
+/// never otherwise.
+fn may_run_again(attempt: usize, l1_died: bool, timing_only: bool) -> bool {
+    (l1_died && attempt < ATTEMPTS) || (timing_only && attempt < ATTEMPTS_ON_TIMING)
 }
 
 /// Where a failed attempt's log is kept: beside it, named for the attempt and for the
@@ -313,6 +322,18 @@ mod retry_rule {
         assert_eq!(
             kept_path(log, &RunOptions::default(), 2),
             Path::new("runs/host-tools/l1.attempt-2.log")
+        );
+    }
+
+    #[test]
+    fn l1_deaths_run_up_to_five_attempts_timing_misses_three_failures_none() {
+        assert!(may_run_again(4, true, false));
+        assert!(!may_run_again(5, true, false));
+        assert!(may_run_again(2, false, true));
+        assert!(!may_run_again(3, false, true));
+        assert!(
+            !may_run_again(1, false, false),
+            "a failed check never runs again"
         );
     }
 
