@@ -1,7 +1,9 @@
 //! The lab tests' harness: running a scenario, the retry rule (which failed attempts count
 //! as the lab's, never minivmm's), and the queries the checks share.
 
-pub(crate) use minivmm_tests::lab::{fields, End, Lab, LabRun, Markers, RunOptions, L1_FROZE};
+pub(crate) use minivmm_tests::lab::{
+    fields, End, Lab, LabRun, Markers, RunOptions, Section, L1_FROZE,
+};
 use std::path::{Path, PathBuf};
 
 /// The outcome of a scenario's checks: `Err` says which expectation failed.
