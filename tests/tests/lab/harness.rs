@@ -310,10 +310,7 @@ mod retry_rule {
 
     #[test]
     fn the_parts_of_one_scenario_keep_their_failed_logs_apart() {
-        let part = |name: &str| RunOptions {
-            params: vec![("part".into(), name.into())],
-            ..RunOptions::default()
-        };
+        let part = |name| RunOptions::default().param("part", name);
         let log = Path::new("runs/host-tools/l1.log");
         let sigterm = kept_path(log, &part("sigterm"), 1);
         assert_eq!(
